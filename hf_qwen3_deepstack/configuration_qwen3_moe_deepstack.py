@@ -72,7 +72,7 @@ class Qwen3MoeDeepStackConfig(Qwen3VLMoeTextConfig):
         )
 
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+    def own_config_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
         """Accepts our own config.json, a Qwen3-VL-MoE config.json or a Qwen3-MoE config.json."""
         model_type = config_dict.get("model_type")
         if model_type == VL_MODEL_TYPE:
@@ -85,7 +85,16 @@ class Qwen3MoeDeepStackConfig(Qwen3VLMoeTextConfig):
                 f"('{TEXT_MODEL_TYPE}') checkpoint or its own saved folder ('{cls.model_type}'), "
                 f"got model_type '{model_type}'."
             )
-        return super().from_dict(config_dict, **kwargs)
+        return config_dict
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        return cls.own_config_dict(config_dict), kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        return super().from_dict(cls.own_config_dict(config_dict), **kwargs)
 
 
 __all__ = ["Qwen3MoeDeepStackConfig"]

@@ -60,7 +60,7 @@ class Qwen3VLMoeEncoderOnlyConfig(PreTrainedConfig):
         )
 
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+    def own_config_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
         """Accepts our own config.json and a full Qwen3-VL-MoE config.json."""
         model_type = config_dict.get("model_type")
         if model_type == FULL_MODEL_TYPE:
@@ -71,7 +71,16 @@ class Qwen3VLMoeEncoderOnlyConfig(PreTrainedConfig):
                 f"Qwen3VLMoeEncoderOnly loads a Qwen3-VL-MoE checkpoint (model_type '{FULL_MODEL_TYPE}') or its "
                 f"own saved folder (model_type '{cls.model_type}'), got model_type '{model_type}'."
             )
-        return super().from_dict(config_dict, **kwargs)
+        return config_dict
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        return cls.own_config_dict(config_dict), kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        return super().from_dict(cls.own_config_dict(config_dict), **kwargs)
 
 
 __all__ = ["Qwen3VLMoeEncoderOnlyConfig"]
