@@ -1,0 +1,28 @@
+"""`hf-qwen3-deepstack tiny-checkpoint DIR [--seed N]`: write the tiny Qwen3-VL-MoE checkpoint."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="directory to write (replaced if it exists)")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    parser.add_argument("--expert-layout", choices=("hub", "transformers"), default="hub",
+                        help="fused expert layout on disk (default: hub, as published checkpoints)")
+    parser.add_argument("--max-shard-size", default=None, help="e.g. 200KB to write several shards")
+    parser.add_argument("--sample-images", metavar="IMAGES_DIR", default=None,
+                        help="also write deterministic sample images / video frames there")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .build import write_sample_images, write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(args.dir, seed=args.seed, expert_layout=args.expert_layout,
+                                 max_shard_size=args.max_shard_size)
+    print(f"wrote tiny Qwen3-VL-MoE checkpoint (seed {args.seed}) to {path}:")
+    for file in sorted(path.iterdir()):
+        if not file.name.startswith("."):
+            print(f"  {file.name} ({file.stat().st_size} bytes)")
+    if args.sample_images:
+        for image in write_sample_images(args.sample_images):
+            print(f"sample image: {image}")
+    return 0
