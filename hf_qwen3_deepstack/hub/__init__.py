@@ -1,0 +1,7 @@
+"""Publishable Hub repos: split a Qwen3-VL-MoE checkpoint into an encoder repo and a language
+repo that load with plain transformers (`trust_remote_code=True`), render their model cards,
+and push them."""
+
+from .split import SplitError, SplitResult, split_checkpoint
+
+__all__ = ["SplitError", "SplitResult", "split_checkpoint"]

@@ -1,0 +1,147 @@
+"""README.md (model card) of each output repo, rendered with huggingface_hub's ModelCard.
+
+Templates: `hf_qwen3_deepstack/hub/model_card_templates/{encoder,lm}.md` (shipped with the
+package). The top-level `model_cards/` folder of the source tree holds byte-identical copies
+for reviewers; `tests/test_split_model_card.py` keeps them in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "model_card_templates"
+Half = Literal["encoder", "lm"]
+
+PIPELINE_TAGS = {"encoder": "image-feature-extraction", "lm": "image-text-to-text"}
+COMMON_TAGS = ["qwen3_vl_moe", "deepstack", "disaggregated-inference", "custom_code"]
+HALF_TAGS = {"encoder": ["vision-encoder", "qwen3_vl_moe_encoder_only"], "lm": ["moe", "qwen3_moe_deepstack"]}
+
+EXPERT_LAYOUT_NOTE = """\
+Weights are sharded safetensors with an index (`model.safetensors.index.json`), keys identical
+to the source checkpoint's. Fused MoE expert tensors are stored in the layout of the Qwen3-VL-MoE
+checkpoints published on the Hub: `mlp.experts.gate_up_proj` as **(E, H, 2I)** and
+`mlp.experts.down_proj` as **(E, I, H)** (E experts, H hidden size, I `moe_intermediate_size`).
+transformers 5 holds these tensors transposed in memory, (E, 2I, H) / (E, H, I); the remote code
+loads either layout, detecting it per tensor from the shapes."""
+
+TORCHRUN_SNIPPET = '''\
+One encoder rank and one language rank, plain `torch.distributed` (gloo on CPU, NCCL with one
+GPU per rank). Save as `two_groups.py` and run `torchrun --nproc-per-node 2 two_groups.py`.
+For many ranks per group, chunked resumable transfers and a request server, use the
+[`hf-qwen3-deepstack`](https://pypi.org/project/hf-qwen3-deepstack/) runtime
+(`hf-qwen3-deepstack run`), which loads these same repos.
+
+```python
+import torch
+import torch.distributed as dist
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
+
+ENCODER, LM = "{encoder_repo_id}", "{lm_repo_id}"
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+dist.init_process_group("gloo")
+processor = AutoProcessor.from_pretrained(ENCODER)  # tokenizer + image processor
+
+if dist.get_rank() == 0:  # encoder group: owns the processor, computes positions
+    encoder = AutoModel.from_pretrained(ENCODER, trust_remote_code=True, dtype="auto").eval()
+    messages = [{{"role": "user", "content": [{{"type": "image", "image": "photo.jpg"}},
+                                              {{"type": "text", "text": "Describe the picture."}}]}}]
+    inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                           return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        out = encoder.encode(**inputs)
+    (b, s), (n, h), k = out.input_ids.shape, out.visual_embeds.shape, out.deepstack_visual_embeds.shape[0]
+    dist.send(torch.tensor([b, s, n, h, k, DTYPES.index(out.visual_embeds.dtype)]), dst=1)  # fixed-size header
+    for t in (out.input_ids, out.attention_mask, out.position_ids, out.rope_deltas,
+              out.visual_embeds, out.deepstack_visual_embeds):  # only the visual rows travel
+        dist.send(t.to(torch.int64) if not t.is_floating_point() else t.contiguous(), dst=1)
+else:  # language group
+    lm = AutoModelForCausalLM.from_pretrained(LM, trust_remote_code=True, dtype="auto").eval()
+    header = torch.empty(6, dtype=torch.int64)
+    dist.recv(header, src=0)
+    b, s, n, h, k, d = header.tolist()
+    shapes = [((b, s), torch.int64), ((b, s), torch.int64), ((3, b, s), torch.int64), ((b, 1), torch.int64),
+              ((n, h), DTYPES[d]), ((k, n, h), DTYPES[d])]
+    received = []
+    for shape, dtype in shapes:
+        received.append(torch.empty(shape, dtype=dtype))
+        dist.recv(received[-1], src=0)
+    input_ids, attention_mask, position_ids, rope_deltas, visual_embeds, deepstack = received
+    generated = lm.generate(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            rope_deltas=rope_deltas, visual_embeds=visual_embeds.to(lm.dtype),
+                            deepstack_visual_embeds=deepstack.to(lm.dtype), max_new_tokens=64, do_sample=False)
+    print(processor.batch_decode(generated[:, s:], skip_special_tokens=True))
+dist.destroy_process_group()
+```'''
+
+
+@dataclass
+class CardInfo:
+    """Everything a card states; filled by the split from the source and the written files."""
+
+    half: Half
+    repo_id: str  # this repo (the push target, or the output folder's name)
+    other_repo_id: str  # the matching other half
+    base_model: str  # SRC: Hub id, or the local path when the source has no Hub identity
+    source_revision: str  # exact provenance, e.g. "Qwen/Qwen3-VL-30B-A3B-Instruct@<commit>"
+    dtype: str
+    num_tensors: int
+    total_size: int
+    model_type: str
+    license: dict[str, str] = field(default_factory=dict)  # license / license_name / license_link
+    details: dict = field(default_factory=dict)  # architecture numbers shown in the body
+    tool_version: str = ""
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _url(repo_id: str) -> str:
+    return f"https://huggingface.co/{repo_id}" if "/" in repo_id and not repo_id.startswith(("/", ".")) else repo_id
+
+
+def template_path(half: Half) -> Path:
+    return TEMPLATE_DIR / ("encoder.md" if half == "encoder" else "lm.md")
+
+
+def card_data(info: CardInfo) -> ModelCardData:
+    return ModelCardData(
+        library_name="transformers",
+        base_model=info.base_model,
+        pipeline_tag=PIPELINE_TAGS[info.half],
+        tags=[*COMMON_TAGS, *HALF_TAGS[info.half]],
+        **info.license,
+    )
+
+
+def render_card(info: CardInfo) -> ModelCard:
+    from .. import __version__
+
+    encoder_id, lm_id = (info.repo_id, info.other_repo_id) if info.half == "encoder" else (info.other_repo_id, info.repo_id)
+    return ModelCard.from_template(
+        card_data(info),
+        template_path=str(template_path(info.half)),
+        repo_id=info.repo_id,
+        repo_name=info.repo_id.rsplit("/", 1)[-1],
+        other_repo_id=info.other_repo_id,
+        other_repo_url=_url(info.other_repo_id),
+        base_model=info.base_model,
+        base_model_url=_url(info.base_model),
+        source_revision=info.source_revision,
+        dtype=info.dtype,
+        num_tensors=info.num_tensors,
+        total_size_human=human_size(info.total_size),
+        model_type=info.model_type,
+        tool_version=info.tool_version or __version__,
+        torchrun_snippet=TORCHRUN_SNIPPET.format(encoder_repo_id=encoder_id, lm_repo_id=lm_id),
+        expert_layout_note=EXPERT_LAYOUT_NOTE,
+        **info.details,
+    )
