@@ -3,7 +3,6 @@
 
 from typing import Any
 
-from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
 from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import Qwen3VLMoeConfig, Qwen3VLMoeTextConfig
@@ -21,7 +20,6 @@ _SHARED_TEXT_FIELDS = (
 )
 
 
-@strict
 class Qwen3MoeDeepStackConfig(Qwen3VLMoeTextConfig):
     """Qwen3-VL-MoE's text config plus the visual bookkeeping of the language side."""
 

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import (
     Qwen3VLMoeConfig,
@@ -12,7 +11,6 @@ from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import (
 FULL_MODEL_TYPE = "qwen3_vl_moe"
 
 
-@strict
 class Qwen3VLMoeEncoderOnlyConfig(PreTrainedConfig):
     """The vision tower of a Qwen3-VL-MoE checkpoint plus what the encoder side needs to build
     language-model inputs: placeholder token ids (for M-RoPE and placeholder checks)."""

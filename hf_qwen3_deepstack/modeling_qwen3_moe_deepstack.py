@@ -246,3 +246,7 @@ class Qwen3MoeForCausalLMWithDeepStack(Qwen3MoeDeepStackPreTrainedModel, Generat
 register_key_tables(language_class_name=Qwen3MoeForCausalLMWithDeepStack.__name__)
 
 __all__ = ["Qwen3MoeForCausalLMWithDeepStack", "Qwen3MoeModelWithDeepStack", "Qwen3MoeDeepStackPreTrainedModel"]
+
+# save_pretrained writes auto_map and copies this file + its single-dot imports (Hub remote code)
+Qwen3MoeDeepStackConfig.register_for_auto_class()
+Qwen3MoeForCausalLMWithDeepStack.register_for_auto_class("AutoModelForCausalLM")

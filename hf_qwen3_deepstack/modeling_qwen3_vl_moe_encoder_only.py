@@ -189,3 +189,7 @@ class Qwen3VLMoeEncoderOnly(Qwen3VLMoePreTrainedModel):
 register_key_tables(encoder_class_name=Qwen3VLMoeEncoderOnly.__name__)
 
 __all__ = ["Qwen3VLMoeEncoderOnly", "Qwen3VLMoeEncoderOnlyOutput"]
+
+# save_pretrained writes auto_map and copies this file + its single-dot imports (Hub remote code)
+Qwen3VLMoeEncoderOnlyConfig.register_for_auto_class()
+Qwen3VLMoeEncoderOnly.register_for_auto_class("AutoModel")
