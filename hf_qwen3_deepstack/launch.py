@@ -1,0 +1,147 @@
+"""torchrun entry point: one process per rank, E encoder ranks then L language ranks.
+
+    torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch --encoders E --lms L \
+        --requests requests.jsonl --output results.jsonl [--model PATH_OR_HUB_ID]
+
+Multi-node: the same command on every node with torchrun's `--nnodes N --node-rank i
+--rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id JOB` (global ranks are assigned node by
+node, so with `--nproc-per-node` = GPUs per node the first E global ranks are the encoders).
+
+Failure handling: a rank that raises prints one clear line and exits non-zero; torchrun then
+terminates the others (SIGTERM), which print why they stop and exit at once, even when blocked
+inside a gloo/NCCL call (a dedicated thread waits for the signal). Ranks on other nodes that are
+not told by their agent hit `--timeout` on their next wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+PREFIX = "[hf-qwen3-deepstack]"
+_STATE = {"who": "rank ?"}
+
+
+def _install_signal_watcher() -> None:
+    """Block termination signals in this (and every later) thread; one thread waits for them and
+    exits the process with a message, so a rank stuck in a C++ wait still stops immediately."""
+    sigs = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+
+    def watch() -> None:
+        sig = signal.sigwait(sigs)
+        name = signal.Signals(sig).name
+        why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "another rank failed or the job was stopped"
+        print(f"{PREFIX} {_STATE['who']}: stopping on {name}: {why}", file=sys.stderr, flush=True)
+        os._exit(128 + sig)
+
+    threading.Thread(target=watch, name="signal-watcher", daemon=True).start()
+
+
+@dataclass
+class Context:
+    args: Any
+    roles: Any
+    groups: Any
+    requests: list
+    model: str
+    device: Any
+    dtype: Any
+
+    def log(self, msg: str) -> None:
+        if not getattr(self.args, "quiet", False):
+            print(f"{PREFIX} {_STATE['who']}: {msg}", file=sys.stderr, flush=True)
+
+    def fatal(self, msg: str) -> None:
+        print(f"{PREFIX} {_STATE['who']}: FATAL: {msg}", file=sys.stderr, flush=True)
+
+    def ready(self) -> None:
+        """All ranks have loaded their half; the clock of the run starts after this."""
+        import torch.distributed as dist
+
+        dist.barrier(group=self.groups.ctrl)
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    _install_signal_watcher()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        print(f"{PREFIX} start this with `torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch ...` "
+              f"or `hf-qwen3-deepstack run ...`", file=sys.stderr)
+        return 2
+
+    import torch
+    import torch.distributed as dist
+
+    from hf_qwen3_deepstack.runtime.models import resolve_device, resolve_dtype, resolve_model
+    from hf_qwen3_deepstack.runtime.requests import load_requests
+    from hf_qwen3_deepstack.runtime.roles import Roles, make_groups
+
+    rank = int(os.environ["RANK"])
+    _STATE["who"] = f"rank {rank}"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=args.timeout)
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    try:
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
+        roles = Roles(dist.get_rank(), dist.get_world_size(), args.encoders, args.lms)
+        _STATE["who"] = f"rank {rank} ({roles.role_name})"
+        groups = make_groups(roles)
+        if args.model is None:  # embedded tiny default: one process per node builds it, the rest reuse it
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                model = resolve_model(None)
+                dist.barrier(group=groups.ctrl)
+            else:
+                dist.barrier(group=groups.ctrl)
+                model = resolve_model(None)
+        else:
+            model = args.model
+        requests = load_requests(args.requests)
+        ctx = Context(args, roles, groups, requests, model, device, resolve_dtype(args.dtype, device))
+        if roles.is_encoder:
+            from hf_qwen3_deepstack.runtime.encoder_worker import run_encoder
+
+            run_encoder(ctx)
+        else:
+            from hf_qwen3_deepstack.runtime.lm_worker import run_lm
+
+            run_lm(ctx)
+        dist.barrier(group=groups.ctrl)
+    except Exception as e:
+        msg = f"{type(e).__name__}: {e}"
+        if "timed out" in msg.lower() or "timeout" in msg.lower():
+            msg += f" (no peer answered within --timeout {args.timeout:g}s: a rank died or hangs)"
+        elif "connection" in msg.lower() or "peer" in msg.lower():
+            msg += " (a peer rank died)"
+        print(f"{PREFIX} {_STATE['who']}: FATAL: {msg}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # never block in process-group teardown with dead peers
+    dist.destroy_process_group()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hf_qwen3_deepstack.runtime.options import add_runtime_arguments
+
+    parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch",
+                                     description=__doc__.split("\n\n")[0])
+    add_runtime_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_rank(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Options shared by `torchrun -m hf_qwen3_deepstack.launch`, `hf-qwen3-deepstack run` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required: bool = True) -> None:
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--model", default=None,
+                   help="checkpoint directory or Hub id (default: the embedded tiny Qwen3-VL-MoE, built once and cached)")
+    g.add_argument("--requests", required=requests_required, help="JSONL file, one request per line")
+    g.add_argument("--output", default=None, help="JSONL file for result lines (written by the language leader)")
+    g.add_argument("--encoders", type=int, default=1, help="E: number of encoder ranks (global ranks 0..E-1)")
+    g.add_argument("--lms", type=int, default=1, help="L: number of language ranks (global ranks E..E+L-1)")
+    g.add_argument("--max-new-tokens", type=int, default=32,
+                   help="default for requests without their own max_new_tokens")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
+    g.add_argument("--capacity-tokens", type=int, default=8192,
+                   help="receive buffer of each language rank, in visual tokens (larger requests arrive in chunks)")
+    g.add_argument("--max-inflight", type=int, default=2,
+                   help="requests an encoder may have sent but not yet delivered")
+    g.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds any collective/point-to-point wait may take before the job is declared dead")
+    g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    g.add_argument("--print-results", action="store_true", help="language leader also prints readable results")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--summary-json", default=None, help=argparse.SUPPRESS)
+
+
+def forward_argv(args: argparse.Namespace) -> list[str]:
+    """argv for `python -m hf_qwen3_deepstack.launch` reproducing `args`."""
+    out: list[str] = []
+    for name in ("model", "requests", "output", "encoders", "lms", "max_new_tokens", "dtype", "capacity_tokens",
+                 "max_inflight", "timeout", "threads", "summary_json"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out += ["--" + name.replace("_", "-"), str(value)]
+    for flag in ("print_results", "no_progress"):
+        if getattr(args, flag, False):
+            out.append("--" + flag.replace("_", "-"))
+    return out

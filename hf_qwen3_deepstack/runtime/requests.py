@@ -1,0 +1,126 @@
+"""Requests file (JSONL) parsing and validation.
+
+Every rank parses the same file the same way, so a request is named by its index (line number
+among non-blank lines) on the wire, and every rank knows every request's string id. A line that
+cannot be parsed still becomes a `Request` carrying `error`: it produces an error result line and
+the job goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Request:
+    index: int  # position in the file (non-blank lines), the id used on the wire
+    id: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    max_new_tokens: int | None = None
+    error: str | None = None  # set when the line itself is invalid
+
+
+_ID_RE = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def load_requests(path: str | os.PathLike) -> list[Request]:
+    """Parse a JSONL requests file. Never raises for a bad line (see `Request.error`)."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    requests: list[Request] = []
+    seen: set[str] = set()
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        req = parse_request_line(line, index=len(requests), line_no=line_no)
+        if req.error is None and req.id in seen:
+            req.error = f"duplicate request id {req.id!r} (line {line_no})"
+            req.id = f"{req.id}#line{line_no}"
+        seen.add(req.id)
+        requests.append(req)
+    return requests
+
+
+def parse_request_line(line: str, index: int, line_no: int) -> Request:
+    fallback_id = f"line-{line_no}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        m = _ID_RE.search(line)
+        rid = m.group(1) if m else fallback_id
+        return Request(index, rid, error=f"malformed JSON on line {line_no}: {e.msg} (column {e.colno})")
+    if not isinstance(obj, dict):
+        return Request(index, fallback_id, error=f"line {line_no} is not a JSON object")
+    rid = obj.get("id")
+    rid = fallback_id if rid is None else str(rid)
+    try:
+        messages = _validate_messages(obj.get("messages"))
+        mnt = obj.get("max_new_tokens")
+        if mnt is not None and (isinstance(mnt, bool) or not isinstance(mnt, int) or mnt < 1):
+            raise ValueError(f"max_new_tokens must be a positive integer, got {mnt!r}")
+    except ValueError as e:
+        return Request(index, rid, error=f"invalid request on line {line_no}: {e}")
+    return Request(index, rid, messages=messages, max_new_tokens=mnt)
+
+
+def _validate_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError("each message needs 'role' and 'content'")
+        content = m["content"]
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            raise ValueError("message 'content' must be a string or a list of items")
+        for item in content:
+            if not isinstance(item, dict) or "type" not in item:
+                raise ValueError("each content item needs a 'type'")
+            kind = item["type"]
+            if kind == "text":
+                if not isinstance(item.get("text"), str):
+                    raise ValueError("a text item needs a string 'text'")
+            elif kind == "image":
+                src = item.get("image", item.get("url", item.get("path")))
+                if not isinstance(src, str):
+                    raise ValueError("an image item needs 'image': PATH")
+            elif kind == "video":
+                src = item.get("video", item.get("path"))
+                if not (isinstance(src, str) or (isinstance(src, list) and src and all(isinstance(s, str) for s in src))):
+                    raise ValueError("a video item needs 'video': PATH or [FRAME_PATHS...]")
+            else:
+                raise ValueError(f"unknown content item type {kind!r}")
+    return messages
+
+
+def check_local_files(messages: list[dict[str, Any]]) -> None:
+    """Raise FileNotFoundError naming the first local image/frame path that does not exist."""
+    for m in messages:
+        content = m.get("content")
+        if not isinstance(content, list):
+            continue
+        for item in content:
+            kind = item.get("type")
+            if kind == "image":
+                paths = [item.get("image", item.get("url", item.get("path")))]
+            elif kind == "video":
+                v = item.get("video", item.get("path"))
+                paths = v if isinstance(v, list) else [v]
+            else:
+                continue
+            for p in paths:
+                if isinstance(p, str) and not _is_remote(p) and not Path(_strip_file(p)).is_file():
+                    raise FileNotFoundError(f"{kind} file not found: {p}")
+
+
+def _is_remote(p: str) -> bool:
+    return p.startswith(("http://", "https://", "data:"))
+
+
+def _strip_file(p: str) -> str:
+    return p[len("file://"):] if p.startswith("file://") else p

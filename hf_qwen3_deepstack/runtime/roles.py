@@ -1,0 +1,101 @@
+"""Rank -> role assignment and process groups.
+
+Global ranks 0..E-1 are encoders, E..E+L-1 language replicas; the language leader is rank E.
+Groups (created with `dist.new_group`, in the same order on every rank):
+
+- `encoders` / `lms`: the two role groups (backend of the world: nccl with CUDA, else gloo).
+- `ctrl`: gloo, all ranks. Small int64 control messages (request index, kind, encode time,
+  error text) from encoders to language ranks, and the final barrier. Always gloo so it works
+  with any-source receives and CPU tensors even when the data plane is NCCL.
+- `results`: gloo, language ranks only. Non-leader replicas ship finished result lines
+  (UTF-8 JSON bytes, never pickles) to the leader, which writes the output file.
+- `data`: all ranks (gloo on CPU, NCCL for CUDA tensors), used by `hf_qwen3_deepstack.transfer` for the EncoderOutput payloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
+
+
+@dataclass
+class Roles:
+    rank: int
+    world_size: int
+    num_encoders: int
+    num_lms: int
+
+    def __post_init__(self) -> None:
+        if self.num_encoders < 1 or self.num_lms < 1:
+            raise ValueError("need at least 1 encoder and 1 language rank")
+        if self.num_encoders + self.num_lms != self.world_size:
+            raise ValueError(
+                f"--encoders {self.num_encoders} + --lms {self.num_lms} = {self.num_encoders + self.num_lms} "
+                f"ranks, but the job has {self.world_size} (torchrun --nproc-per-node x --nnodes must equal E + L)"
+            )
+
+    @property
+    def encoder_ranks(self) -> list[int]:
+        return list(range(self.num_encoders))
+
+    @property
+    def lm_ranks(self) -> list[int]:
+        return list(range(self.num_encoders, self.world_size))
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.rank < self.num_encoders
+
+    @property
+    def is_lm(self) -> bool:
+        return not self.is_encoder
+
+    @property
+    def lm_leader(self) -> int:
+        return self.num_encoders
+
+    @property
+    def is_lm_leader(self) -> bool:
+        return self.rank == self.lm_leader
+
+    @property
+    def role_name(self) -> str:
+        if self.is_encoder:
+            return f"encoder {self.rank}"
+        return f"language {self.rank - self.num_encoders}" + (" (leader)" if self.is_lm_leader else "")
+
+    # --- static schedule: request i -> encoder i % E -> language rank E + i % L -------------
+    def encoder_for(self, index: int) -> int:
+        return index % self.num_encoders
+
+    def lm_for(self, index: int) -> int:
+        return self.num_encoders + index % self.num_lms
+
+    def my_requests(self, n: int) -> list[int]:
+        if self.is_encoder:
+            return [i for i in range(n) if self.encoder_for(i) == self.rank]
+        return [i for i in range(n) if self.lm_for(i) == self.rank]
+
+
+@dataclass
+class Groups:
+    encoders: Any
+    lms: Any
+    ctrl: Any
+    results: Any
+    data: Any
+
+
+def make_groups(roles: Roles) -> Groups:
+    """Create every group; must be called by all ranks in the same order."""
+    backend = dist.get_backend()
+    encoders = dist.new_group(roles.encoder_ranks, backend=backend)
+    lms = dist.new_group(roles.lm_ranks, backend=backend)
+    ctrl = dist.new_group(list(range(roles.world_size)), backend="gloo")
+    results = dist.new_group(roles.lm_ranks, backend="gloo")
+    # transfer's messages are tensors on the data's device: gloo for CPU, NCCL for CUDA tensors
+    data_backend = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
+    data = dist.new_group(list(range(roles.world_size)), backend=data_backend)
+    return Groups(encoders=encoders, lms=lms, ctrl=ctrl, results=results, data=data)
