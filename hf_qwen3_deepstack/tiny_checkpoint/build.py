@@ -6,6 +6,8 @@
 - `default_tiny_checkpoint(seed=0)`: built once and cached under `$HF_QWEN3_DEEPSTACK_CACHE`
   (or `~/.cache/hf_qwen3_deepstack`) as `tiny-v1-seed{seed}`; safe when processes race.
 - `write_sample_images(dir)`: deterministic sample images and video frames for demo and tests.
+- `load_processor(path)`: `AutoProcessor.from_pretrained(path)` that also works without
+  torchvision (importing this module already installs that fallback, see `video.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from pathlib import Path
 
 from .model import write_tiny_vl_checkpoint
 from .processor import write_tiny_processor
+from .video import install as _install_video_fallback
+from .video import load_processor  # noqa: F401  (re-exported: AutoProcessor that works without torchvision)
+
+# Without torchvision, transformers cannot build any Qwen3-VL video processor and so
+# `AutoProcessor.from_pretrained` fails; register our torch-only one (no-op with torchvision).
+_install_video_fallback()
 
 CACHE_ENV = "HF_QWEN3_DEEPSTACK_CACHE"
 CACHE_VERSION = "tiny-v1"
@@ -30,6 +38,7 @@ def cache_root() -> Path:
 
 
 def _build_into(tmp: Path, seed: int, model_kwargs: dict) -> None:
+    tmp.chmod(0o755)  # mkdtemp makes it 0700
     write_tiny_vl_checkpoint(tmp, seed, **model_kwargs)
     write_tiny_processor(tmp)  # also writes generation_config.json (overriding the model's)
     (tmp / COMPLETE_MARKER).write_text(f"{CACHE_VERSION} seed={seed}\n")
