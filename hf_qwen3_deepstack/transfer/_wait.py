@@ -1,0 +1,93 @@
+"""Waiting for torch.distributed works with a deadline, identically on gloo and NCCL.
+
+gloo point-to-point works cannot be polled (`is_completed()` stays False until `wait()`), and
+`wait(timeout=...)` on gloo closes the connection when it expires. So each channel owns one
+daemon thread that blocks on its works in FIFO order; callers wait on an Event with their own
+deadline. An expired deadline leaves the work posted: waiting again later picks up where it was,
+which is what makes timeouts resumable. CUDA (NCCL) works are polled with `is_completed()`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import torch
+
+
+class Pending:
+    """One posted work. `event` is set when it completed (or failed: `error`)."""
+
+    __slots__ = ("work", "keep", "event", "error", "nbytes")
+
+    def __init__(self, work, keep: object = None, nbytes: int = 0):
+        self.work = work
+        self.keep = keep  # tensors the work reads/writes, kept alive until completion
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+        self.nbytes = nbytes
+
+    def done(self) -> bool:
+        return self.event.is_set()
+
+
+def block_on(work, cuda: bool) -> None:
+    if cuda:
+        while not work.is_completed():
+            time.sleep(2e-5)
+        work.wait()
+    else:
+        work.wait()
+
+
+class Waiter:
+    """A daemon thread completing works in submission order; notifies `cond` on each completion."""
+
+    def __init__(self, name: str, cond: threading.Condition | None = None, cuda: bool = False):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cond = cond
+        self._cuda = cuda
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, work, keep: object = None, nbytes: int = 0) -> Pending:
+        p = Pending(work, keep, nbytes)
+        self._q.put(p)
+        return p
+
+    def stop(self) -> None:
+        self._q.put(None)
+
+    def _run(self) -> None:
+        while True:
+            p = self._q.get()
+            if p is None:
+                return
+            try:
+                block_on(p.work, self._cuda)
+            except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
+                p.error = e
+            p.keep = None
+            p.event.set()
+            if self._cond is not None:
+                with self._cond:
+                    self._cond.notify_all()
+
+
+def remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def wait_all(pendings: list[Pending], deadline: float) -> bool:
+    """True when all completed before `deadline` (errors are re-raised), False on expiry."""
+    for p in pendings:
+        if not p.event.wait(remaining(deadline)):
+            return False
+        if p.error is not None:
+            raise p.error
+    return True
+
+
+def is_cuda(device: torch.device | str | None) -> bool:
+    return device is not None and torch.device(device).type == "cuda"

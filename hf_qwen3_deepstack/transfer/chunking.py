@@ -1,0 +1,265 @@
+"""How an `EncoderOutput` is cut into token ranges and put back together.
+
+Chunking is along the **flattened (B*S) token order** (row-major over batch, then sequence), so a
+chunk may straddle two sequences of a batch. Visual rows are stored in that same order, hence the
+visual rows of tokens [o, o+c) are one contiguous row range [r, r+n) of `visual_embeds` and of
+every deepstack level: chunk i carries exactly the rows of its own tokens.
+
+Per chunk, after the header, the data is (sizes derivable from the header alone):
+
+    int section  int64[(B if first) + c + 3c + (c if mask)]   rope deltas | ids | positions | mask
+    visual       (n, H)      embed dtype   rows [r, r+n) of visual_embeds
+    deepstack    K x (n, H)  embed dtype   rows [r, r+n) of each level
+
+Small chunks (`PACK_LIMIT`) travel as one packed uint8 message (one memcpy, fewer messages);
+large ones as 1 + (1 + K) messages sent straight from the sender's tensors (zero-copy), which
+measures as fast as one raw message of the same bytes. The receiver's staging buffer uses the
+same byte layout for both: int section at byte 0, visual right after it, then deepstack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..encoder_output import EncoderOutput
+from .protocol import (
+    CODE_DTYPES,
+    EMBED_DTYPES,
+    FLAG_FIRST,
+    FLAG_LAST,
+    FLAG_PACKED,
+    KIND_CHUNK,
+    MASK_DTYPES,
+    NONE_ID,
+    ChunkHeader,
+    TransferError,
+    dtype_code,
+)
+
+PACK_LIMIT = 256 * 1024  # chunks with at most this many data bytes travel as one message
+
+
+def _id(v: int | None) -> int:
+    return NONE_ID if v is None else int(v)
+
+
+@dataclass
+class SendPlan:
+    """Flat views of one request, computed once at `isend`. T = B*S."""
+
+    output: EncoderOutput
+    ids: torch.Tensor  # (T,) int64
+    pos: torch.Tensor  # (3, T) int64
+    mask: torch.Tensor | None  # (T,) int64 (wire form of any integer/bool mask)
+    rope: torch.Tensor  # (B,) int64
+    visual: torch.Tensor  # (N, H) contiguous
+    deepstack: torch.Tensor  # (K, N, H) contiguous
+    vis_prefix: torch.Tensor  # (T+1,) int64, visual tokens before flat position t
+    vis_prefix_list: list[int]
+
+    @property
+    def total(self) -> int:
+        return self.ids.numel()
+
+    @classmethod
+    def build(cls, out: EncoderOutput) -> "SendPlan":
+        out.validate()
+        if out.visual_embeds.dtype not in EMBED_DTYPES:
+            raise TransferError(f"visual_embeds dtype {out.visual_embeds.dtype} is not transferable", None, "embed_dtype")
+        if out.attention_mask is not None and out.attention_mask.dtype not in MASK_DTYPES:
+            raise TransferError(f"attention_mask dtype {out.attention_mask.dtype} is not transferable", None, "mask_dtype")
+        b, s = out.input_ids.shape
+        ids = out.input_ids.reshape(-1).contiguous()
+        token_ids = [i for i in (out.image_token_id, out.video_token_id) if i is not None]
+        if token_ids:
+            is_vis = torch.isin(ids, torch.tensor(token_ids, device=ids.device)).to(torch.int64)
+        elif out.num_visual_tokens:
+            raise TransferError("EncoderOutput has visual rows but no image/video token id", None, "image_token_id")
+        else:
+            is_vis = torch.zeros_like(ids)
+        prefix = torch.zeros(ids.numel() + 1, dtype=torch.int64, device=ids.device)
+        torch.cumsum(is_vis, 0, out=prefix[1:])
+        mask = None
+        if out.attention_mask is not None:
+            mask = out.attention_mask.reshape(-1).to(torch.int64)
+        return cls(
+            output=out,
+            ids=ids,
+            pos=out.position_ids.reshape(3, b * s),
+            mask=mask,
+            rope=out.rope_deltas.reshape(-1).contiguous(),
+            visual=out.visual_embeds.contiguous(),
+            deepstack=out.deepstack_visual_embeds.contiguous(),
+            vis_prefix=prefix,
+            vis_prefix_list=prefix.tolist(),
+        )
+
+    def header(self, request_id: int, chunk_index: int, offset: int, capacity: int) -> ChunkHeader:
+        out = self.output
+        count = min(capacity, self.total - offset)
+        r0, r1 = self.vis_prefix_list[offset], self.vis_prefix_list[offset + count]
+        first, last = offset == 0, offset + count >= self.total
+        h = ChunkHeader(
+            kind=KIND_CHUNK,
+            request_id=request_id,
+            chunk_index=chunk_index,
+            token_offset=offset,
+            token_count=count,
+            total_tokens=self.total,
+            batch_size=out.batch_size,
+            seq_len=out.seq_len,
+            num_visual=out.num_visual_tokens,
+            row_offset=r0,
+            row_count=r1 - r0,
+            num_levels=out.num_deepstack_levels,
+            hidden_size=out.hidden_size,
+            embed_dtype=dtype_code(out.visual_embeds.dtype),
+            mask_dtype=NONE_ID if out.attention_mask is None else dtype_code(out.attention_mask.dtype),
+            image_token_id=_id(out.image_token_id),
+            video_token_id=_id(out.video_token_id),
+            flags=(FLAG_FIRST if first else 0) | (FLAG_LAST if last else 0),
+            capacity=capacity,
+        )
+        h.int_bytes = 8 * int_numel(h)
+        h.embed_bytes = embed_nbytes(h)
+        if h.row_count and h.int_bytes + h.embed_bytes <= PACK_LIMIT:
+            h.flags |= FLAG_PACKED
+        return h
+
+    def int_section(self, h: ChunkHeader) -> torch.Tensor:
+        """(int_numel,) int64: [rope (B) if first][ids (c)][positions (3, c)][mask (c)]."""
+        o, c = h.token_offset, h.token_count
+        parts = [self.rope] if h.first else []
+        parts += [self.ids[o : o + c], self.pos[:, o : o + c].reshape(-1)]
+        if self.mask is not None:
+            parts.append(self.mask[o : o + c])
+        return torch.cat(parts)
+
+    def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
+        """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
+        ints = self.int_section(h)
+        r0, n = h.row_offset, h.row_count
+        embeds = [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_levels)] if n else []
+        if h.packed:
+            buf = torch.empty(h.int_bytes + h.embed_bytes, dtype=torch.uint8, device=ints.device)
+            at = 0
+            for t in [ints] + embeds:
+                nb = t.numel() * t.element_size()
+                buf[at : at + nb].copy_(t.reshape(-1).view(torch.uint8))
+                at += nb
+            return [buf]
+        return [t for t in [ints] + embeds if t.numel()]
+
+
+def int_numel(h: ChunkHeader) -> int:
+    c = h.token_count
+    return (h.batch_size if h.first else 0) + 4 * c + (c if h.mask_dtype != NONE_ID else 0)
+
+
+def embed_nbytes(h: ChunkHeader) -> int:
+    itemsize = torch.empty((), dtype=CODE_DTYPES[h.embed_dtype]).element_size()
+    return (1 + h.num_levels) * h.row_count * h.hidden_size * itemsize
+
+
+def staging_nbytes(capacity: int, max_batch_size: int, levels: int, hidden: int, dtype: torch.dtype) -> int:
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 8 * (max_batch_size + 5 * capacity) + (1 + levels) * capacity * hidden * itemsize
+
+
+@dataclass
+class ChunkViews:
+    """Views of one received chunk (into staging, or into the result for embeddings)."""
+
+    ints: torch.Tensor  # (int_numel,) int64
+    visual: torch.Tensor  # (n, H)
+    deepstack: torch.Tensor | list[torch.Tensor]  # (K, n, H) in staging, or K x (n, H) in the result
+    targets: list[torch.Tensor]  # what to irecv into, in wire order
+
+
+def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
+    """Lay chunk `h` out in the uint8 `staging` buffer."""
+    dtype = CODE_DTYPES[h.embed_dtype]
+    n, hid, k = h.row_count, h.hidden_size, h.num_levels
+    vb = h.embed_bytes // (1 + k) if n else 0
+    ints = staging[: h.int_bytes].view(torch.int64)
+    visual = staging[h.int_bytes : h.int_bytes + vb].view(dtype).view(n, hid)
+    deep = staging[h.int_bytes + vb : h.int_bytes + h.embed_bytes].view(dtype).view(k, n, hid)
+    if h.packed:
+        targets = [staging[: h.int_bytes + h.embed_bytes]]
+    else:
+        targets = [ints] + ([visual] + [deep[i] for i in range(k)] if n else [])
+    return ChunkViews(ints, visual, deep, [t for t in targets if t.numel()])
+
+
+def direct_views(staging: torch.Tensor, h: ChunkHeader, result: EncoderOutput) -> ChunkViews:
+    """Large chunks: ints into staging, embedding rows straight into the result (no extra copy)."""
+    if h.packed or not h.row_count:
+        return staging_views(staging, h)
+    r0, n = h.row_offset, h.row_count
+    ints = staging[: h.int_bytes].view(torch.int64)
+    visual = result.visual_embeds[r0 : r0 + n]
+    deep = [result.deepstack_visual_embeds[k, r0 : r0 + n] for k in range(h.num_levels)]
+    return ChunkViews(ints, visual, deep, [t for t in [ints, visual, *deep] if t.numel()])
+
+
+@dataclass
+class IntParts:
+    rope: torch.Tensor | None  # (B,) on the first chunk
+    ids: torch.Tensor  # (c,)
+    pos: torch.Tensor  # (3, c)
+    mask: torch.Tensor | None  # (c,) int64 wire form
+
+
+def split_ints(ints: torch.Tensor, h: ChunkHeader) -> IntParts:
+    c, at = h.token_count, 0
+    rope = None
+    if h.first:
+        rope, at = ints[: h.batch_size], h.batch_size
+    ids = ints[at : at + c]
+    pos = ints[at + c : at + 4 * c].view(3, c)
+    mask = ints[at + 4 * c : at + 5 * c] if h.mask_dtype != NONE_ID else None
+    return IntParts(rope, ids, pos, mask)
+
+
+def empty_result(h: ChunkHeader, device: torch.device) -> EncoderOutput:
+    """Allocate the assembled EncoderOutput described by first-chunk header `h`."""
+    b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_levels, h.hidden_size
+    dtype = CODE_DTYPES[h.embed_dtype]
+    mask = None
+    if h.mask_dtype != NONE_ID:
+        mask = torch.empty(b, s, dtype=CODE_DTYPES[h.mask_dtype], device=device)
+    return EncoderOutput(
+        input_ids=torch.empty(b, s, dtype=torch.int64, device=device),
+        position_ids=torch.empty(3, b, s, dtype=torch.int64, device=device),
+        rope_deltas=torch.empty(b, 1, dtype=torch.int64, device=device),
+        visual_embeds=torch.empty(n, hid, dtype=dtype, device=device),
+        deepstack_visual_embeds=torch.empty(k, n, hid, dtype=dtype, device=device),
+        attention_mask=mask,
+        image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
+        video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id,
+    )
+
+
+def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> None:
+    """Copy the chunk's per-token data (and packed embeddings) into the assembled result."""
+    parts = split_ints(views.ints, h)
+    o, c = h.token_offset, h.token_count
+    if parts.rope is not None:
+        result.rope_deltas.view(-1).copy_(parts.rope)
+    result.input_ids.view(-1)[o : o + c].copy_(parts.ids)
+    result.position_ids.view(3, -1)[:, o : o + c].copy_(parts.pos)
+    if parts.mask is not None and result.attention_mask is not None:
+        result.attention_mask.view(-1)[o : o + c].copy_(parts.mask.to(result.attention_mask.dtype))
+    r0, n = h.row_offset, h.row_count
+    if n and isinstance(views.deepstack, torch.Tensor):  # staged (packed) embeddings
+        result.visual_embeds[r0 : r0 + n].copy_(views.visual)
+        result.deepstack_visual_embeds[:, r0 : r0 + n].copy_(views.deepstack)
+
+
+def count_visual(ids: torch.Tensor, h: ChunkHeader) -> int:
+    token_ids = [i for i in (h.image_token_id, h.video_token_id) if i != NONE_ID]
+    if not token_ids:
+        return 0
+    return int(torch.isin(ids, torch.tensor(token_ids, device=ids.device)).sum())

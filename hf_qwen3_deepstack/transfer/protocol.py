@@ -1,0 +1,225 @@
+"""Wire format of the transfer layer: fixed-size int64 headers, dtype codes, validation, errors.
+
+Two message types travel as plain int64 tensors (never pickle):
+
+* ``ChunkHeader`` (sender -> receiver, ``HEADER_WORDS`` int64): precedes every chunk's data, or
+  says ``BYE`` (sender closed) / ``ERROR`` (sender refused a pull).
+* ``Control`` (receiver -> sender, ``CONTROL_WORDS`` int64): ``PULL`` (ack everything below
+  ``offset`` of ``request_id`` and send the chunk starting there; ``request_id == NEXT`` asks for
+  the first chunk of the next new request), optionally carrying ``done_request_id`` (that request
+  is fully acknowledged), or ``CLOSE`` (receiver is going away).
+
+Both end with a checksum word so a corrupted or misaligned message is caught before any field
+is trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
+VERSION = 1
+HEADER_WORDS = 32
+CONTROL_WORDS = 16
+NEXT = -1  # request id in a PULL: "the next new request"
+NONE_ID = -1  # absent image/video token id, absent mask dtype, no done request
+
+# header kinds
+KIND_CHUNK = 1
+KIND_BYE = 2
+KIND_ERROR = 3
+# control kinds
+KIND_PULL = 16
+KIND_CLOSE = 17
+KIND_REJECT = 18  # receiver refuses a request whose header disagrees with its expectations
+
+# chunk flags
+FLAG_FIRST = 1
+FLAG_LAST = 2
+FLAG_PACKED = 4  # ints + embeddings in one uint8 message (small chunks)
+
+# sender error codes (KIND_ERROR headers)
+ERR_UNKNOWN_REQUEST = 1
+ERR_BAD_OFFSET = 2
+ERR_BAD_CONTROL = 3
+ERROR_NAMES = {ERR_UNKNOWN_REQUEST: "unknown request id", ERR_BAD_OFFSET: "offset", ERR_BAD_CONTROL: "control"}
+
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 1,
+    torch.bfloat16: 2,
+    torch.float16: 3,
+    torch.float64: 4,
+    torch.int64: 5,
+    torch.int32: 6,
+    torch.int16: 7,
+    torch.int8: 8,
+    torch.uint8: 9,
+    torch.bool: 10,
+}
+CODE_DTYPES: dict[int, torch.dtype] = {v: k for k, v in DTYPE_CODES.items()}
+EMBED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+MASK_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+_CHECK_SALT = 0x2545F4914F6CDD1D
+_I64 = (1 << 63) - 1
+
+
+class TransferError(RuntimeError):
+    """Any failure of the transfer layer. `request_id` and `field` name what failed when known."""
+
+    def __init__(self, message: str, request_id: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.request_id = request_id
+        self.field = field
+
+
+class HeaderMismatch(TransferError):
+    """A header or control message failed validation (bad magic/version/checksum, or a field
+    that disagrees with the receiver's expectations or with the request's first chunk)."""
+
+
+class TransferTimeout(TransferError):
+    """The peer did not answer within the configured timeout. The transfer can be resumed."""
+
+    def __init__(self, message: str, request_id: int | None = None, offset: int | None = None):
+        super().__init__(message, request_id, "timeout")
+        self.offset = offset
+
+
+class PeerClosed(TransferError):
+    """The peer closed the channel (sender: no more requests; receiver: gone)."""
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    if dtype not in DTYPE_CODES:
+        raise TransferError(f"dtype {dtype} cannot be transferred")
+    return DTYPE_CODES[dtype]
+
+
+def _checksum(words: list[int]) -> int:
+    acc = _CHECK_SALT
+    for w in words:
+        acc = ((acc ^ (w & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return acc & _I64
+
+
+def req_name(request_id: int) -> str:
+    return "request <next>" if request_id == NEXT else f"request {request_id}"
+
+
+@dataclass
+class ChunkHeader:
+    """Fixed-size header of one chunk. Token ranges index the flattened (B*S) token order."""
+
+    kind: int = KIND_CHUNK
+    request_id: int = NEXT
+    chunk_index: int = 0
+    token_offset: int = 0  # first flattened token of this chunk
+    token_count: int = 0  # tokens in this chunk (<= receiver capacity)
+    total_tokens: int = 0  # B * S
+    batch_size: int = 0  # B
+    seq_len: int = 0  # S
+    num_visual: int = 0  # N, visual rows of the whole request
+    row_offset: int = 0  # first visual row carried by this chunk
+    row_count: int = 0  # visual rows carried by this chunk
+    num_levels: int = 0  # K
+    hidden_size: int = 0  # H
+    embed_dtype: int = 0  # dtype code of visual_embeds / deepstack
+    mask_dtype: int = NONE_ID  # dtype code of attention_mask, NONE_ID = no mask
+    image_token_id: int = NONE_ID
+    video_token_id: int = NONE_ID
+    flags: int = 0
+    int_bytes: int = 0  # bytes of the int64 section (rope deltas on the first chunk, ids, positions, mask)
+    embed_bytes: int = 0  # bytes of visual rows + deepstack rows
+    capacity: int = 0  # receiver capacity the chunk was cut for
+    error_code: int = 0  # KIND_ERROR only
+
+    @property
+    def first(self) -> bool:
+        return bool(self.flags & FLAG_FIRST)
+
+    @property
+    def last(self) -> bool:
+        return bool(self.flags & FLAG_LAST)
+
+    @property
+    def packed(self) -> bool:
+        return bool(self.flags & FLAG_PACKED)
+
+    def to_words(self) -> list[int]:
+        words = [MAGIC, VERSION] + [int(getattr(self, f.name)) for f in fields(self)]
+        words += [0] * (HEADER_WORDS - 1 - len(words))
+        return words + [_checksum(words)]
+
+    def to_tensor(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        t = torch.tensor(self.to_words(), dtype=torch.int64)
+        if out is None:
+            return t
+        out.copy_(t)
+        return out
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor, context: int = NEXT) -> "ChunkHeader":
+        words = t.tolist()
+        _check_envelope(words, HEADER_WORDS, context, "header")
+        names = [f.name for f in fields(cls)]
+        return cls(**dict(zip(names, words[2 : 2 + len(names)])))
+
+
+@dataclass
+class Control:
+    """Receiver -> sender message."""
+
+    kind: int = KIND_PULL
+    request_id: int = NEXT
+    offset: int = 0  # acknowledged token offset == first token wanted
+    capacity: int = 0  # receiver capacity in tokens
+    done_request_id: int = NONE_ID  # this request is fully acknowledged
+    done_total: int = 0  # its total tokens (cross-check)
+    reason: int = 0  # KIND_REJECT: index of the offending ChunkHeader field
+
+    def to_words(self) -> list[int]:
+        words = [MAGIC, VERSION] + [int(getattr(self, f.name)) for f in fields(self)]
+        words += [0] * (CONTROL_WORDS - 1 - len(words))
+        return words + [_checksum(words)]
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.to_words(), dtype=torch.int64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> "Control":
+        words = t.tolist()
+        _check_envelope(words, CONTROL_WORDS, words[3] if len(words) > 3 else NEXT, "control message")
+        names = [f.name for f in fields(cls)]
+        return cls(**dict(zip(names, words[2 : 2 + len(names)])))
+
+
+def _check_envelope(words: list[int], n: int, request_id: int, what: str) -> None:
+    if len(words) != n:
+        raise HeaderMismatch(f"{req_name(request_id)}: {what} has {len(words)} words, expected {n}", request_id, "size")
+    if words[0] != MAGIC:
+        raise HeaderMismatch(
+            f"{req_name(request_id)}: {what} field 'magic' is {words[0]:#x}, expected {MAGIC:#x}", request_id, "magic"
+        )
+    if words[1] != VERSION:
+        raise HeaderMismatch(
+            f"{req_name(request_id)}: {what} field 'version' is {words[1]}, expected {VERSION}", request_id, "version"
+        )
+    if words[-1] != _checksum(words[:-1]):
+        raise HeaderMismatch(f"{req_name(request_id)}: {what} checksum mismatch", request_id, "checksum")
+
+
+def mismatch(request_id: int, field: str, got: object, expected: object, offset: int | None = None) -> HeaderMismatch:
+    where = f" at token offset {offset}" if offset is not None else ""
+    return HeaderMismatch(
+        f"{req_name(request_id)}{where}: header field '{field}' is {got}, expected {expected}", request_id, field
+    )
+
+
+def expect_field(header: ChunkHeader, field: str, expected: object, offset: int | None = None) -> None:
+    got = getattr(header, field)
+    if got != expected:
+        if field in ("embed_dtype", "mask_dtype"):
+            got, expected = CODE_DTYPES.get(got, got), CODE_DTYPES.get(expected, expected)  # type: ignore[arg-type]
+        raise mismatch(header.request_id, field, got, expected, offset)

@@ -1,0 +1,521 @@
+"""Language side: `EncoderOutputReceiver` pulls chunks into a preallocated staging buffer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.distributed as dist
+
+from ..encoder_output import EncoderOutput
+from ._wait import Pending, Waiter, is_cuda, remaining, wait_all
+from .chunking import (
+    ChunkViews,
+    count_visual,
+    direct_views,
+    embed_nbytes,
+    empty_result,
+    int_numel,
+    scatter_chunk,
+    split_ints,
+    staging_nbytes,
+    staging_views,
+)
+from .protocol import (
+    CODE_DTYPES,
+    CONTROL_WORDS,
+    EMBED_DTYPES,
+    ERROR_NAMES,
+    HEADER_WORDS,
+    KIND_BYE,
+    KIND_CHUNK,
+    KIND_CLOSE,
+    KIND_ERROR,
+    KIND_PULL,
+    KIND_REJECT,
+    MASK_DTYPES,
+    NEXT,
+    NONE_ID,
+    ChunkHeader,
+    Control,
+    HeaderMismatch,
+    PeerClosed,
+    TransferError,
+    TransferTimeout,
+    dtype_code,
+    expect_field,
+    mismatch,
+    req_name,
+)
+from .sender import DEFAULT_TAG
+
+_HEADER_FIELDS = [f.name for f in fields(ChunkHeader)]
+
+
+@dataclass
+class EncoderOutputChunk:
+    """One received chunk (`recv_chunks`). Tensors are views into the staging buffer, valid until
+    the iterator advances. Token ranges index the flattened (B*S) order."""
+
+    request_id: int
+    peer: int
+    chunk_index: int
+    token_offset: int
+    token_count: int
+    total_tokens: int
+    batch_size: int
+    seq_len: int
+    input_ids: torch.Tensor  # (c,) int64
+    position_ids: torch.Tensor  # (3, c) int64
+    attention_mask: torch.Tensor | None  # (c,) int64 wire form (cast to `mask_dtype` yourself)
+    mask_dtype: torch.dtype | None
+    rope_deltas: torch.Tensor  # (B, 1) int64, whole request
+    visual_row_offset: int  # first visual row of the request carried here
+    visual_embeds: torch.Tensor  # (n, H)
+    deepstack_visual_embeds: torch.Tensor  # (K, n, H)
+    image_token_id: int | None
+    video_token_id: int | None
+    is_last: bool
+
+
+class _Channel:
+    """Per-peer state: header buffer, waiter thread, the (single) outstanding pull."""
+
+    def __init__(self, peer: int, device: torch.device, cond: threading.Condition):
+        self.peer = peer
+        self.header_buf = torch.empty(HEADER_WORDS, dtype=torch.int64, device=device)
+        self.waiter = Waiter(f"rx-wait-{peer}", cond, cuda=is_cuda(device))
+        self.header: Pending | None = None  # outstanding header receive
+        self.header_for: tuple[int, int] = (NEXT, 0)  # (request id, offset) it answers
+        self.closed = False  # sender said BYE
+        self.broken: BaseException | None = None
+        self.completed_at = 0.0
+
+
+@dataclass
+class _Active:
+    """The request being received (at most one per receiver: staging holds one chunk)."""
+
+    ch: _Channel
+    request_id: int
+    first: ChunkHeader
+    mode: str  # "recv" (assemble) or "stream" (recv_chunks)
+    result: EncoderOutput | None
+    rope: torch.Tensor  # (B, 1)
+    acked: int = 0  # tokens acknowledged
+    rows_acked: int = 0
+    chunks: int = 0
+    header: ChunkHeader | None = None  # header of the chunk in progress
+    views: ChunkViews | None = None
+    payload: list[Pending] | None = None
+    stage: str = "have_header"  # await_header | have_header | await_payload | received | unacked
+
+
+class EncoderOutputReceiver:
+    """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring)."""
+
+    def __init__(
+        self,
+        peer: int | Sequence[int],
+        group: dist.ProcessGroup | None = None,
+        *,
+        capacity_tokens: int,
+        device: torch.device | str | None = None,
+        timeout: float = 60.0,
+        hidden_size: int | None = None,
+        num_deepstack_levels: int | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch_size: int = 1024,
+        tag: int = DEFAULT_TAG,
+    ):
+        if capacity_tokens <= 0:
+            raise ValueError("capacity_tokens must be positive")
+        if dtype is not None and dtype not in EMBED_DTYPES:
+            raise ValueError(f"dtype {dtype} is not an embedding dtype")
+        peers = [peer] if isinstance(peer, int) else list(peer)
+        self.peers = peers
+        self.group = group
+        self.capacity_tokens = capacity_tokens
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.timeout = timeout
+        self.hidden_size = hidden_size
+        self.num_deepstack_levels = num_deepstack_levels
+        self.dtype = dtype
+        self.max_batch_size = max_batch_size
+        self.ctrl_tag, self.data_tag = tag + 1, tag + 2
+        self._cond = threading.Condition()
+        self._channels = [_Channel(p, self.device, self._cond) for p in peers]
+        self._rr = 0
+        self._active: _Active | None = None
+        self._staging: torch.Tensor | None = None
+        self.last_peer: int | None = None
+        self.bytes_received = 0  # headers + data
+        self.payload_bytes_received = 0
+        self.ctrl_bytes_sent = 0
+        self.requests_received = 0
+        if None not in (hidden_size, num_deepstack_levels, dtype):
+            self._allocate()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def staging_nbytes(self) -> int:
+        return 0 if self._staging is None else self._staging.numel()
+
+    @property
+    def interrupted(self) -> int | None:
+        """Request id of an interrupted (started, unfinished) request, else None."""
+        return None if self._active is None else self._active.request_id
+
+    def recv(self, timeout: float | None = None) -> tuple[int, EncoderOutput]:
+        """Receive the next request whole (resuming an interrupted one first)."""
+        deadline = self._deadline(timeout)
+        act = self._active or self._start(deadline, "recv")
+        self._check_mode(act, "recv")
+        return act.request_id, self._drive_recv(act, deadline)
+
+    def resume(self, request_id: int, timeout: float | None = None):
+        """Continue the interrupted request `request_id` from its acknowledged offset. Returns what
+        the call that started it returns: `(request_id, EncoderOutput)` for `recv()`, or a chunk
+        iterator for `recv_chunks()`."""
+        act = self._active
+        if act is None or act.request_id != request_id:
+            raise TransferError(f"{req_name(request_id)}: nothing to resume (interrupted: {self.interrupted})",
+                                request_id, "request_id")
+        return self.recv(timeout) if act.mode == "recv" else self.recv_chunks(timeout)
+
+    def recv_chunks(self, timeout: float | None = None) -> Iterator[EncoderOutputChunk]:
+        """Stream the next request chunk by chunk (bounded memory). A chunk is acknowledged when
+        the consumer asks for the next one; if the consumer stops or raises, the request stays
+        interrupted and `recv_chunks()`/`resume()` continue from the acknowledged offset."""
+        deadline = self._deadline(timeout)
+        act = self._active or self._start(deadline, "stream")
+        self._check_mode(act, "stream")
+        return self._stream(act, deadline)
+
+    def poll(self) -> bool:
+        """Non-blocking: True if `recv()` has something to work on (a chunk header arrived or a
+        request is interrupted). Also posts the pulls for the next request on idle channels."""
+        if self._active is not None:
+            return True
+        self._post_next_pulls()
+        return any(ch.header is not None and ch.header.done() for ch in self._channels)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Tell every sender we are gone and wait for outstanding receives to finish."""
+        deadline = self._deadline(timeout)
+        for ch in self._channels:
+            if ch.broken is not None:
+                continue
+            try:
+                self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
+                if self._active is not None and self._active.ch is ch and self._active.payload:
+                    wait_all(self._active.payload, deadline)
+                if ch.header is not None and wait_all([ch.header], deadline):
+                    h = ChunkHeader.from_tensor(ch.header_buf.cpu())
+                    ch.header = None
+                    if h.kind == KIND_CHUNK:
+                        self._drain(ch, h, deadline)
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+            ch.waiter.stop()
+        self._active = None
+
+    def __enter__(self) -> "EncoderOutputReceiver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ request start
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
+
+    def _check_mode(self, act: _Active, mode: str) -> None:
+        if act.mode != mode:
+            call = "recv()" if act.mode == "recv" else "recv_chunks()"
+            raise TransferError(f"{req_name(act.request_id)} is interrupted in {call}; resume it with {call} "
+                                f"or resume({act.request_id})", act.request_id, "mode")
+
+    def _post_next_pulls(self) -> None:
+        for ch in self._channels:
+            if ch.header is None and not ch.closed and ch.broken is None:
+                self._pull(ch, Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens))
+
+    def _start(self, deadline: float, mode: str) -> _Active:
+        while True:
+            self._post_next_pulls()
+            live = [ch for ch in self._channels if not ch.closed and ch.broken is None]
+            if not live:
+                broken = [ch.broken for ch in self._channels if ch.broken is not None]
+                if broken:
+                    raise TransferError(f"every channel is down: {broken[0]}") from broken[0]
+                raise PeerClosed(f"all senders {self.peers} closed")
+            ch = self._ready_channel(live, deadline)
+            h = self._take_header(ch, NEXT, 0)
+            if h.kind == KIND_BYE:
+                ch.closed = True
+                continue
+            self._validate_first(ch, h)
+            rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
+            result = empty_result(h, self.device) if mode == "recv" else None
+            if result is not None:
+                rope = result.rope_deltas
+            self._active = _Active(ch, h.request_id, h, mode, result, rope, header=h)
+            self.last_peer = ch.peer
+            return self._active
+
+    def _ready_channel(self, live: list[_Channel], deadline: float) -> _Channel:
+        n = len(live)
+        with self._cond:
+            while True:
+                for i in range(n):
+                    ch = live[(self._rr + i) % n]
+                    if ch.header is not None and ch.header.done():
+                        self._rr = (self._rr + i + 1) % n
+                        return ch
+                left = remaining(deadline)
+                if left <= 0:
+                    peers = [c.peer for c in live]
+                    raise TransferTimeout(
+                        f"request <next>: no chunk at token offset 0 from rank(s) {peers} within the timeout",
+                        NEXT, 0)
+                self._cond.wait(left)
+
+    def _take_header(self, ch: _Channel, request_id: int, offset: int) -> ChunkHeader:
+        """Parse the completed header of `ch` (BYE/ERROR handled), validate its envelope."""
+        p, ch.header = ch.header, None
+        if p.error is not None:
+            ch.broken = p.error
+            raise TransferError(f"{req_name(request_id)} at token offset {offset}: receive from rank {ch.peer} "
+                                f"failed: {p.error}", request_id, "connection") from p.error
+        self.bytes_received += HEADER_WORDS * 8
+        try:
+            h = ChunkHeader.from_tensor(ch.header_buf.cpu(), request_id)
+        except HeaderMismatch:
+            ch.broken = TransferError("corrupt header")
+            raise
+        if h.kind == KIND_ERROR:
+            what = ERROR_NAMES.get(h.error_code, str(h.error_code))
+            raise TransferError(f"{req_name(h.request_id)} at token offset {h.token_offset}: sender rank {ch.peer} "
+                                f"refused the pull ({what})", h.request_id, what)
+        if h.kind not in (KIND_CHUNK, KIND_BYE):
+            ch.broken = TransferError("bad header kind")
+            raise mismatch(request_id, "kind", h.kind, KIND_CHUNK, offset)
+        return h
+
+    # ------------------------------------------------------------------ validation
+    def _allocate(self) -> None:
+        self._staging = torch.empty(
+            staging_nbytes(self.capacity_tokens, self.max_batch_size, self.num_deepstack_levels or 0,
+                           self.hidden_size or 0, self.dtype or torch.float32),
+            dtype=torch.uint8, device=self.device)
+
+    def _validate_first(self, ch: _Channel, h: ChunkHeader) -> None:
+        rid = h.request_id
+        try:
+            if rid < 0:
+                raise mismatch(rid, "request_id", rid, ">= 0", 0)
+            if not h.first or h.token_offset != 0 or h.chunk_index != 0:
+                raise mismatch(rid, "token_offset", h.token_offset, 0, 0)
+            if h.embed_dtype not in CODE_DTYPES or CODE_DTYPES[h.embed_dtype] not in EMBED_DTYPES:
+                raise mismatch(rid, "embed_dtype", h.embed_dtype, "an embedding dtype code", 0)
+            if h.mask_dtype != NONE_ID and CODE_DTYPES.get(h.mask_dtype) not in MASK_DTYPES:
+                raise mismatch(rid, "mask_dtype", h.mask_dtype, "an integer/bool dtype code", 0)
+            for name, want in (("hidden_size", self.hidden_size), ("num_levels", self.num_deepstack_levels)):
+                if want is not None:
+                    expect_field(h, name, want, 0)
+            if self.dtype is not None:
+                expect_field(h, "embed_dtype", dtype_code(self.dtype), 0)
+            if h.batch_size > self.max_batch_size:
+                raise mismatch(rid, "batch_size", h.batch_size, f"<= max_batch_size={self.max_batch_size}", 0)
+            if h.total_tokens != h.batch_size * h.seq_len or min(h.batch_size, h.seq_len, h.num_visual) < 0:
+                raise mismatch(rid, "total_tokens", h.total_tokens, h.batch_size * h.seq_len, 0)
+            if h.num_visual and h.image_token_id == NONE_ID and h.video_token_id == NONE_ID:
+                raise mismatch(rid, "num_visual", h.num_visual, "0 (no image/video token id)", 0)
+            if self._staging is None:  # learn the expectations from the first request
+                self.hidden_size, self.num_deepstack_levels = h.hidden_size, h.num_levels
+                self.dtype = CODE_DTYPES[h.embed_dtype]
+                self._allocate()
+        except HeaderMismatch as e:
+            self._reject(ch, h, e)
+            raise
+        self._validate_chunk(ch, h, rid, 0, 0, h)
+
+    def _validate_chunk(self, ch: _Channel, h: ChunkHeader, rid: int, offset: int, rows: int,
+                        first: ChunkHeader) -> None:
+        """Every chunk: identity, offset/count, and agreement with the first chunk."""
+        try:
+            expect_field(h, "request_id", rid, offset)
+            expect_field(h, "token_offset", offset, offset)
+            expect_field(h, "token_count", min(self.capacity_tokens, first.total_tokens - offset), offset)
+            for name in ("total_tokens", "batch_size", "seq_len", "num_visual", "num_levels", "hidden_size",
+                         "embed_dtype", "mask_dtype", "image_token_id", "video_token_id"):
+                expect_field(h, name, getattr(first, name), offset)
+            expect_field(h, "row_offset", rows, offset)
+            if h.row_count < 0 or h.row_count > h.token_count or rows + h.row_count > first.num_visual:
+                raise mismatch(rid, "row_count", h.row_count, f"<= {min(h.token_count, first.num_visual - rows)}",
+                               offset)
+            expect_field(h, "int_bytes", 8 * int_numel(h), offset)
+            expect_field(h, "embed_bytes", embed_nbytes(h), offset)
+            expect_field(h, "last", offset + h.token_count >= first.total_tokens, offset)
+        except HeaderMismatch as e:
+            self._reject(ch, h, e)
+            raise
+
+    def _reject(self, ch: _Channel, h: ChunkHeader, err: HeaderMismatch) -> None:
+        """Drain the data of a well-formed but unacceptable chunk, tell the sender, drop the request."""
+        deadline = self._deadline(None)
+        try:
+            self._drain(ch, h, deadline)
+            field = err.field if err.field in _HEADER_FIELDS else "flags"
+            self._send_ctrl(ch, Control(kind=KIND_REJECT, request_id=h.request_id, offset=h.token_offset,
+                                        capacity=self.capacity_tokens, reason=_HEADER_FIELDS.index(field)))
+        except Exception as e:  # noqa: BLE001 - cannot resynchronise: the channel is unusable
+            ch.broken = e
+        if self._active is not None and self._active.request_id == h.request_id and self._active.ch is ch:
+            self._active = None
+
+    def _drain(self, ch: _Channel, h: ChunkHeader, deadline: float) -> None:
+        sizes = self._message_sizes(h)
+        if self._staging is None:
+            self._allocate()
+        if any(s > self._staging.numel() for s in sizes) or any(s < 0 for s in sizes):
+            raise TransferError(f"{req_name(h.request_id)}: cannot drain a {sum(sizes)}-byte chunk")
+        pend = [ch.waiter.submit(self._irecv(ch, self._staging[:s]), nbytes=s) for s in sizes if s]
+        if not wait_all(pend, deadline):
+            raise TransferTimeout(f"{req_name(h.request_id)}: drain timed out", h.request_id, h.token_offset)
+
+    @staticmethod
+    def _message_sizes(h: ChunkHeader) -> list[int]:
+        if h.packed:
+            return [h.int_bytes + h.embed_bytes]
+        sizes = [h.int_bytes]
+        if h.row_count:
+            sizes += [h.embed_bytes // (1 + h.num_levels)] * (1 + h.num_levels)
+        return sizes
+
+    # ------------------------------------------------------------------ chunk loop
+    def _advance(self, act: _Active, deadline: float) -> None:
+        """Drive `act` until its current chunk is received (stage 'received')."""
+        ch = act.ch
+        if act.stage == "unacked":  # consumer raised: ask for the chunk again
+            self._pull(ch, Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
+                                   capacity=self.capacity_tokens))
+            act.stage = "await_header"
+        if act.stage == "await_header":
+            if not wait_all([ch.header], deadline):
+                raise self._timeout(act)
+            h = self._take_header(ch, act.request_id, act.acked)
+            if h.kind == KIND_BYE:
+                ch.closed = True
+                raise PeerClosed(f"{req_name(act.request_id)} at token offset {act.acked}: sender rank {ch.peer} "
+                                 f"closed mid-request", act.request_id, "bye")
+            self._validate_chunk(ch, h, act.request_id, act.acked, act.rows_acked, act.first)
+            act.header, act.stage = h, "have_header"
+        if act.stage == "have_header":
+            h = act.header
+            if act.result is not None:
+                act.views = direct_views(self._staging, h, act.result)
+            else:
+                act.views = staging_views(self._staging, h)
+            act.payload = [ch.waiter.submit(self._irecv(ch, t), nbytes=t.numel() * t.element_size())
+                           for t in act.views.targets]
+            act.stage = "await_payload"
+        if act.stage == "await_payload":
+            try:
+                ok = wait_all(act.payload, deadline)
+            except Exception as e:
+                ch.broken = e
+                self._active = None
+                raise TransferError(f"{req_name(act.request_id)} at token offset {act.acked}: receive from rank "
+                                    f"{ch.peer} failed: {e}", act.request_id, "connection") from e
+            if not ok:
+                raise self._timeout(act)
+            h = act.header
+            nbytes = sum(p.nbytes for p in act.payload)
+            self.bytes_received += nbytes
+            self.payload_bytes_received += nbytes
+            act.payload = None
+            ids = split_ints(act.views.ints, h).ids
+            seen = count_visual(ids, h)
+            if seen != h.row_count:
+                self._active = None
+                raise mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)",
+                               act.acked)
+            act.stage = "received"
+
+    def _timeout(self, act: _Active) -> TransferTimeout:
+        what = "chunk header" if act.stage == "await_header" else "chunk data"
+        return TransferTimeout(
+            f"{req_name(act.request_id)}: no {what} at token offset {act.acked} from rank {act.ch.peer} within the "
+            f"timeout; call recv()/resume({act.request_id}) to continue", act.request_id, act.acked)
+
+    def _ack(self, act: _Active) -> bool:
+        """Acknowledge the received chunk; pull the next one. True when the request is complete."""
+        h = act.header
+        act.acked += h.token_count
+        act.rows_acked += h.row_count
+        act.chunks += 1
+        act.stage = "await_header"
+        ch = act.ch
+        if h.last:
+            self._active = None
+            self.requests_received += 1
+            # final ack + pull of the next request in one message (prefetch)
+            self._pull(ch, Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens,
+                                   done_request_id=act.request_id, done_total=act.first.total_tokens))
+            return True
+        self._pull(ch, Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
+                               capacity=self.capacity_tokens))
+        return False
+
+    def _drive_recv(self, act: _Active, deadline: float) -> EncoderOutput:
+        while True:
+            self._advance(act, deadline)
+            scatter_chunk(act.views, act.header, act.result)
+            if self._ack(act):
+                return act.result
+
+    def _stream(self, act: _Active, deadline: float) -> Iterator[EncoderOutputChunk]:
+        while True:
+            self._advance(act, deadline)
+            h, v = act.header, act.views
+            parts = split_ints(v.ints, h)
+            if parts.rope is not None:
+                act.rope.view(-1).copy_(parts.rope)
+            chunk = EncoderOutputChunk(
+                request_id=act.request_id, peer=act.ch.peer, chunk_index=act.chunks, token_offset=h.token_offset,
+                token_count=h.token_count, total_tokens=h.total_tokens, batch_size=h.batch_size,
+                seq_len=h.seq_len, input_ids=parts.ids, position_ids=parts.pos, attention_mask=parts.mask,
+                mask_dtype=None if h.mask_dtype == NONE_ID else CODE_DTYPES[h.mask_dtype], rope_deltas=act.rope,
+                visual_row_offset=h.row_offset, visual_embeds=v.visual, deepstack_visual_embeds=v.deepstack,
+                image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
+                video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id, is_last=h.last)
+            act.stage = "unacked"  # until the consumer comes back for more
+            yield chunk
+            act.stage = "received"
+            if self._ack(act):
+                return
+
+    # ------------------------------------------------------------------ wire
+    def _pull(self, ch: _Channel, ctrl: Control) -> None:
+        """Send a control message and post the receive of its answer's header."""
+        self._send_ctrl(ch, ctrl)
+        ch.header = ch.waiter.submit(self._irecv(ch, ch.header_buf))
+        ch.header_for = (ctrl.request_id, ctrl.offset)
+
+    def _send_ctrl(self, ch: _Channel, ctrl: Control) -> None:
+        t = ctrl.to_tensor()
+        if self.device.type != "cpu":
+            t = t.to(self.device)
+        ch.waiter.submit(dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), keep=t)
+        self.ctrl_bytes_sent += CONTROL_WORDS * 8
+
+    def _irecv(self, ch: _Channel, t: torch.Tensor):
+        return dist.irecv(t, src=ch.peer, group=self.group, tag=self.data_tag)
+
+
+__all__ = ["EncoderOutputReceiver", "EncoderOutputChunk"]

@@ -1,0 +1,378 @@
+"""Encoder side: `EncoderOutputSender` answers the receiver's pulls with chunks of retained requests."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from ..encoder_output import EncoderOutput
+from ._wait import block_on, is_cuda
+from .chunking import SendPlan
+from .protocol import (
+    CONTROL_WORDS,
+    ERR_BAD_CONTROL,
+    ERR_BAD_OFFSET,
+    ERR_UNKNOWN_REQUEST,
+    ERROR_NAMES,
+    HEADER_WORDS,
+    KIND_BYE,
+    KIND_CLOSE,
+    KIND_ERROR,
+    KIND_PULL,
+    KIND_REJECT,
+    NEXT,
+    NONE_ID,
+    ChunkHeader,
+    Control,
+    HeaderMismatch,
+    PeerClosed,
+    TransferError,
+    TransferTimeout,
+    req_name,
+)
+
+DEFAULT_TAG = 100  # gloo tags: base+1 receiver->sender control, base+2 sender->receiver data
+
+
+class SendHandle:
+    """Completion of one `isend`: done once the receiver acknowledged every token of the request."""
+
+    def __init__(self, request_id: int, total_tokens: int, default_timeout: float):
+        self.request_id = request_id
+        self.total_tokens = total_tokens
+        self.acked_offset = 0
+        self._timeout = default_timeout
+        self._event = threading.Event()
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until fully acknowledged; raise `TransferTimeout` after `timeout` seconds (the
+        request stays retained, waiting again is fine) or the transfer's error."""
+        timeout = self._timeout if timeout is None else timeout
+        if not self._event.wait(timeout):
+            raise TransferTimeout(
+                f"{req_name(self.request_id)}: not acknowledged within {timeout:g} s "
+                f"(acknowledged token offset {self.acked_offset} of {self.total_tokens})",
+                self.request_id,
+                self.acked_offset,
+            )
+        if self._error is not None:
+            raise self._error
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+
+@dataclass
+class _Request:
+    request_id: int
+    plan: SendPlan
+    handle: SendHandle
+    acked: int = 0  # tokens acknowledged by the receiver
+    sent_upto: int = 0  # end of the furthest chunk sent
+    chunk_index: int = 0
+    started: bool = False
+
+
+@dataclass
+class SenderStats:
+    bytes_sent: int = 0  # everything this sender put on the wire: headers + data
+    payload_bytes_sent: int = 0  # data bytes (int sections + embedding rows)
+    header_bytes_sent: int = 0
+    payload_bytes_resent: int = 0  # data of chunks sent again because they were never acknowledged
+    chunks_sent: int = 0
+    messages_sent: int = 0
+    requests_done: int = 0
+    per_request_bytes: dict[int, int] = field(default_factory=dict)
+
+
+class EncoderOutputSender:
+    """Send `EncoderOutput`s to one receiver rank `peer` (global rank) over `group`.
+
+    Requests are retained until the receiver acknowledged all their tokens. A background worker
+    answers the receiver's pulls; `isend` returns at once (blocking only while `max_in_flight`
+    requests are unacknowledged), `send` waits for the acknowledgement.
+    `on_chunk(request_id, token_offset, token_count)` is called before each chunk goes out.
+    """
+
+    def __init__(
+        self,
+        peer: int,
+        group: dist.ProcessGroup | None = None,
+        *,
+        timeout: float = 60.0,
+        max_in_flight: int = 8,
+        tag: int = DEFAULT_TAG,
+        device: torch.device | str | None = None,
+        on_chunk: Callable[[int, int, int], None] | None = None,
+    ):
+        self.peer = peer
+        self.group = group
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.ctrl_tag, self.data_tag = tag + 1, tag + 2
+        self.device = torch.device(device) if device is not None else None
+        self.on_chunk = on_chunk
+        self.stats = SenderStats()
+        self._cond = threading.Condition()
+        self._requests: dict[int, _Request] = {}
+        self._unstarted: collections.deque[_Request] = collections.deque()
+        self._ctrl: collections.deque[Control | BaseException] = collections.deque()
+        self._pending_next: Control | None = None
+        self._closing = False
+        self._dead: BaseException | None = None
+        self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
+        self._worker = threading.Thread(target=self._work_loop, name=f"tx-work-{peer}", daemon=True)
+        self._reader.start()
+        self._worker.start()
+
+    # counters, as attributes for convenience
+    @property
+    def bytes_sent(self) -> int:
+        return self.stats.bytes_sent
+
+    @property
+    def payload_bytes_sent(self) -> int:
+        return self.stats.payload_bytes_sent
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._requests)
+
+    # ------------------------------------------------------------------ public API
+    def isend(self, request_id: int, output: EncoderOutput, timeout: float | None = None) -> SendHandle:
+        """Queue `output` as request `request_id`; returns a handle (`wait()`, `done()`)."""
+        plan = SendPlan.build(output)
+        if self.device is None:
+            self.device = output.input_ids.device
+        handle = SendHandle(request_id, plan.total, self.timeout)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        with self._cond:
+            while len(self._requests) >= self.max_in_flight and self._dead is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransferTimeout(
+                        f"{req_name(request_id)}: {len(self._requests)} requests still in flight "
+                        f"(max_in_flight={self.max_in_flight}) after {self.timeout:g} s",
+                        request_id,
+                        0,
+                    )
+                self._cond.wait(left)
+            if self._dead is not None:
+                raise TransferError(f"{req_name(request_id)}: channel to rank {self.peer} is down: {self._dead}",
+                                    request_id) from self._dead
+            if self._closing:
+                raise PeerClosed(f"{req_name(request_id)}: sender is closed", request_id)
+            if request_id in self._requests or request_id < 0:
+                raise TransferError(f"{req_name(request_id)}: request id already in flight or negative", request_id,
+                                    "request_id")
+            req = _Request(request_id, plan, handle)
+            self._requests[request_id] = req
+            self._unstarted.append(req)
+            self._cond.notify_all()
+        return handle
+
+    def send(self, request_id: int, output: EncoderOutput, timeout: float | None = None) -> None:
+        """Blocking: return once the receiver acknowledged the whole request."""
+        self.isend(request_id, output, timeout).wait(timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued request is acknowledged."""
+        with self._cond:
+            handles = [r.handle for r in self._requests.values()]
+        for h in handles:
+            h.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for in-flight requests, then tell the receiver there is no more (its `recv()` raises
+        `PeerClosed`) and wait for its `close()` so that no receive stays posted."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            if self._dead is None:
+                self.flush(timeout)
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._worker.join(timeout)
+            self._reader.join(max(0.1, timeout / 10))
+
+    def __enter__(self) -> "EncoderOutputSender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ threads
+    def _read_loop(self) -> None:
+        cuda = is_cuda(self.device)
+        while True:
+            buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
+            try:
+                work = dist.irecv(buf, src=self.peer, group=self.group, tag=self.ctrl_tag)
+                block_on(work, cuda)
+                msg: Control | BaseException = Control.from_tensor(buf.cpu())
+            except BaseException as e:  # noqa: BLE001 - handed to the worker
+                msg = e
+            with self._cond:
+                self._ctrl.append(msg)
+                self._cond.notify_all()
+            if not isinstance(msg, Control) or msg.kind == KIND_CLOSE:
+                return
+
+    def _work_loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._ctrl and not (
+                        self._pending_next is not None and (self._unstarted or self._closing)
+                    ):
+                        self._cond.wait()
+                    msg = self._ctrl.popleft() if self._ctrl else None
+                if msg is None:  # a pending NEXT pull can be answered now
+                    ctrl, self._pending_next = self._pending_next, None
+                    self._answer_next(ctrl)
+                    continue
+                if isinstance(msg, BaseException):
+                    raise msg
+                if self._handle(msg):
+                    return
+        except BaseException as e:  # noqa: BLE001 - fails every waiting handle
+            self._fail_all(TransferError(f"channel to rank {self.peer} failed: {e}") if not isinstance(
+                e, TransferError) else e)
+
+    def _handle(self, ctrl: Control) -> bool:
+        """Process one control message; True when the worker should exit."""
+        if ctrl.done_request_id != NONE_ID:
+            self._finish(ctrl.done_request_id, ctrl.done_total)
+        if ctrl.kind == KIND_CLOSE:
+            if self._pending_next is not None:
+                self._pending_next = None
+                self._send_header(ChunkHeader(kind=KIND_BYE))
+            self._fail_all(PeerClosed(f"receiver rank {self.peer} closed"))
+            return True
+        if ctrl.kind == KIND_REJECT:
+            with self._cond:
+                req = self._requests.get(ctrl.request_id)
+            if req is not None:
+                self._reject(req, ctrl.reason)
+            return False
+        if ctrl.kind != KIND_PULL or ctrl.capacity <= 0:
+            self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_CONTROL)
+            return False
+        if ctrl.request_id == NEXT:
+            with self._cond:
+                if not self._unstarted and not self._closing:
+                    self._pending_next = ctrl
+                    return False
+            self._answer_next(ctrl)
+            return False
+        return self._answer_pull(ctrl)
+
+    def _answer_next(self, ctrl: Control) -> None:
+        with self._cond:
+            req = self._unstarted.popleft() if self._unstarted else None
+        if req is None:  # closing and nothing left
+            self._send_header(ChunkHeader(kind=KIND_BYE))
+            return
+        req.started = True
+        self._send_chunk(req, 0, ctrl.capacity)
+
+    def _answer_pull(self, ctrl: Control) -> bool:
+        with self._cond:
+            req = self._requests.get(ctrl.request_id)
+        if req is None:
+            self._send_error(ctrl.request_id, ctrl.offset, ERR_UNKNOWN_REQUEST)
+            return False
+        if not (req.acked <= ctrl.offset <= req.sent_upto) or ctrl.offset >= req.plan.total:
+            self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_OFFSET)
+            return False
+        req.acked = req.handle.acked_offset = ctrl.offset
+        self._send_chunk(req, ctrl.offset, ctrl.capacity)
+        return False
+
+    def _reject(self, req: _Request, field_index: int) -> None:
+        names = [f for f in ChunkHeader.__dataclass_fields__]
+        field = names[field_index] if 0 <= field_index < len(names) else "header"
+        with self._cond:
+            self._requests.pop(req.request_id, None)
+            self._cond.notify_all()
+        req.handle._finish(HeaderMismatch(
+            f"{req_name(req.request_id)}: rejected by receiver rank {self.peer}: field '{field}' does not match "
+            f"its expectations", req.request_id, field))
+
+    def _finish(self, request_id: int, total: int) -> None:
+        with self._cond:
+            req = self._requests.pop(request_id, None)
+            self._cond.notify_all()
+        if req is None:
+            return
+        if total != req.plan.total:
+            req.handle._finish(TransferError(
+                f"{req_name(request_id)}: receiver acknowledged {total} tokens, request has {req.plan.total}",
+                request_id, "total_tokens"))
+            return
+        req.acked = req.handle.acked_offset = total
+        self.stats.requests_done += 1
+        req.handle._finish()
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._cond:
+            self._dead = error
+            reqs = list(self._requests.values())
+            self._requests.clear()
+            self._unstarted.clear()
+            self._cond.notify_all()
+        for r in reqs:
+            r.handle._finish(error)
+
+    # ------------------------------------------------------------------ wire
+    def _send_chunk(self, req: _Request, offset: int, capacity: int) -> None:
+        h = req.plan.header(req.request_id, req.chunk_index, offset, capacity)
+        if self.on_chunk is not None:
+            self.on_chunk(req.request_id, offset, h.token_count)
+        msgs = req.plan.messages(h)
+        works = [self._isend(h.to_tensor()), *(self._isend(m) for m in msgs)]
+        cuda = is_cuda(self.device)
+        for w in works:
+            block_on(w, cuda)
+        nbytes = sum(m.numel() * m.element_size() for m in msgs)
+        s = self.stats
+        s.payload_bytes_sent += nbytes
+        if offset < req.sent_upto:
+            s.payload_bytes_resent += nbytes
+        s.header_bytes_sent += HEADER_WORDS * 8
+        s.bytes_sent += nbytes + HEADER_WORDS * 8
+        s.chunks_sent += 1
+        s.messages_sent += len(works)
+        s.per_request_bytes[req.request_id] = s.per_request_bytes.get(req.request_id, 0) + nbytes + HEADER_WORDS * 8
+        req.sent_upto = max(req.sent_upto, offset + h.token_count)
+        req.chunk_index += 1
+
+    def _send_header(self, h: ChunkHeader) -> None:
+        block_on(self._isend(h.to_tensor()), is_cuda(self.device))
+        self.stats.header_bytes_sent += HEADER_WORDS * 8
+        self.stats.bytes_sent += HEADER_WORDS * 8
+
+    def _send_error(self, request_id: int, offset: int, code: int) -> None:
+        self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
+
+    def _isend(self, t: torch.Tensor):
+        if self.device is not None and t.device != self.device:
+            t = t.to(self.device)
+        return dist.isend(t, dst=self.peer, group=self.group, tag=self.data_tag)
+
+
+__all__ = ["EncoderOutputSender", "SendHandle", "SenderStats", "ERROR_NAMES"]
