@@ -83,11 +83,15 @@ def test_each_half_holds_only_its_own_parameters(root):
     assert not any("visual" in name or "merger" in name for name, _ in lm.named_parameters())
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
 @pytest.mark.parametrize("half", ["vision", "language"])
-def test_loading_one_half_never_reads_the_other_halfs_shard(root, reference, half, tmp_path):
+def test_loading_one_half_never_reads_the_other_halfs_shard(root, reference, half, damage, tmp_path):
     shards = reshard_by_half(vl_checkpoint(root), tmp_path / "halves")
     other = "language" if half == "vision" else "vision"
-    corrupt_tensor_data(shards[other])  # any read of it would give NaN weights
+    if damage == "corrupt":
+        corrupt_tensor_data(shards[other])  # any read of it would give NaN weights
+    else:
+        shards[other].unlink()  # never downloaded nor opened
     with torch.no_grad():
         if half == "vision":
             enc = Qwen3VLMoeEncoderOnly.from_pretrained(tmp_path / "halves")

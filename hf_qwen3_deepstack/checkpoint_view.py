@@ -1,0 +1,59 @@
+"""A view of a sharded checkpoint that holds only the shards one half needs.
+
+Hub remote code (imports only transformers). transformers resolves (and downloads) every shard an
+index lists; for a full Qwen3-VL-MoE checkpoint the encoder needs only the few shards holding
+`model.visual.*` and the language model all but those. The view is a temporary folder of
+symlinks to the needed shards plus an index restricted to them, so neither half downloads, opens
+nor reads the other half's shards. Tensors of the other half inside a shared shard are still
+never read (safetensors is lazy).
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from transformers.utils.hub import cached_file
+
+INDEX_FILE = "model.safetensors.index.json"
+SIDE_FILES = ("config.json", "generation_config.json")
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+@contextmanager
+def own_shards_view(source: str | os.PathLike, wants_key: Callable[[str], bool], **kwargs) -> Iterator[str | None]:
+    """Yield a folder with only the shards holding keys for which `wants_key` is true, or None
+    when there is nothing to leave out (single file, or every shard needed)."""
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS and v is not None}
+    index_file = _resolve(source, INDEX_FILE, hub_kwargs)
+    if index_file is None:
+        yield None
+        return
+    weight_map: dict[str, str] = json.loads(Path(index_file).read_text())["weight_map"]
+    needed = sorted({file for key, file in weight_map.items() if wants_key(key)})
+    if len(needed) == len(set(weight_map.values())):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="hf_qwen3_deepstack-view-") as view:
+        for name in [*needed, *SIDE_FILES]:
+            resolved = _resolve(source, name, hub_kwargs)
+            if resolved is None and name in needed:
+                raise FileNotFoundError(f"Shard {name} listed in {INDEX_FILE} of {source} was not found.")
+            if resolved is not None:
+                os.symlink(os.path.abspath(resolved), os.path.join(view, name))
+        kept = {key: file for key, file in weight_map.items() if file in needed}
+        Path(view, INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": kept}))
+        yield view
+
+
+def _resolve(source, name: str, hub_kwargs: dict) -> str | None:
+    if os.path.isdir(source):
+        subfolder = hub_kwargs.get("subfolder") or ""
+        path = os.path.join(source, subfolder, name)
+        return path if os.path.isfile(path) else None
+    return cached_file(
+        str(source), name, _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False, **hub_kwargs,
+    )
