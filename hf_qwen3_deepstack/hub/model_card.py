@@ -43,7 +43,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 ENCODER, LM = "{encoder_repo_id}", "{lm_repo_id}"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 dist.init_process_group("gloo")
-processor = AutoProcessor.from_pretrained(ENCODER)  # tokenizer + image processor
+processor = AutoProcessor.from_pretrained(ENCODER, trust_remote_code=True)  # tokenizer + image processor
 
 if dist.get_rank() == 0:  # encoder group: owns the processor, computes positions
     encoder = AutoModel.from_pretrained(ENCODER, trust_remote_code=True, dtype="auto").eval()

@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import torch
 
-CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors reference implementation's own limit
 
 DTYPES: dict[str, torch.dtype] = {
@@ -140,7 +140,7 @@ def iter_tensor_chunks(
     *,
     transpose_12: bool = False,
     dtype: torch.dtype | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the tensor in contiguous row chunks along dim 0 (each already transposed/cast).
 
@@ -149,6 +149,7 @@ def iter_tensor_chunks(
     """
     shape = info.shape
     out_dtype = dtype or info.dtype
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     if len(shape) == 0 or shape[0] == 0 or math.prod(shape) == 0:
         f.seek(info.begin)
         buf = _read_exact(f, info.nbytes, info.file)
@@ -202,7 +203,7 @@ def write_shard(
     *,
     metadata: dict[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> int:
     """Stream `tensors` from their source files into one safetensors file; returns bytes written."""
     open_files: dict[Path, BinaryIO] = {}
@@ -226,6 +227,7 @@ def write_shard(
                     n += data.nbytes
                     if on_bytes is not None:
                         on_bytes(data.nbytes)
+                    del chunk, data  # at most one chunk alive while the next one is read
                 if n != t.nbytes:
                     raise SafetensorsError(f"internal error: wrote {n} bytes for {t.name}, expected {t.nbytes}")
                 written += n

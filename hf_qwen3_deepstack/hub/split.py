@@ -4,7 +4,7 @@
     result = split_checkpoint("Qwen/Qwen3-VL-30B-A3B-Instruct", "out/encoder", "out/lm", dtype="bfloat16")
 
 Streaming: tensors are copied chunk by chunk from the source shards to the output shards
-(`safetensors_io`), so peak memory is a few 64 MB chunks whatever the checkpoint size. Every
+(`safetensors_io`), so peak memory is a few 4 MiB chunks whatever the checkpoint size. Every
 check that can fail (config, missing or truncated shards, key coverage, shapes, output folders)
 runs before anything is written; the repos are written into temporary sibling folders and
 renamed into place at the very end, so a failed or interrupted split leaves no output behind.
