@@ -113,7 +113,7 @@ class SendPlan:
             num_visual=out.num_visual_tokens,
             row_offset=r0,
             row_count=r1 - r0,
-            num_levels=out.num_deepstack_levels,
+            num_deepstack_levels=out.num_deepstack_levels,
             hidden_size=out.hidden_size,
             embed_dtype=dtype_code(out.visual_embeds.dtype),
             mask_dtype=NONE_ID if out.attention_mask is None else dtype_code(out.attention_mask.dtype),
@@ -141,7 +141,7 @@ class SendPlan:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
         ints = self.int_section(h)
         r0, n = h.row_offset, h.row_count
-        embeds = [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_levels)] if n else []
+        embeds = [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)] if n else []
         if h.packed:
             buf = torch.empty(h.int_bytes + h.embed_bytes, dtype=torch.uint8, device=ints.device)
             at = 0
@@ -160,7 +160,7 @@ def int_numel(h: ChunkHeader) -> int:
 
 def embed_nbytes(h: ChunkHeader) -> int:
     itemsize = torch.empty((), dtype=CODE_DTYPES[h.embed_dtype]).element_size()
-    return (1 + h.num_levels) * h.row_count * h.hidden_size * itemsize
+    return (1 + h.num_deepstack_levels) * h.row_count * h.hidden_size * itemsize
 
 
 def staging_nbytes(capacity: int, max_batch_size: int, levels: int, hidden: int, dtype: torch.dtype) -> int:
@@ -181,7 +181,7 @@ class ChunkViews:
 def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
     """Lay chunk `h` out in the uint8 `staging` buffer."""
     dtype = CODE_DTYPES[h.embed_dtype]
-    n, hid, k = h.row_count, h.hidden_size, h.num_levels
+    n, hid, k = h.row_count, h.hidden_size, h.num_deepstack_levels
     vb = h.embed_bytes // (1 + k) if n else 0
     ints = staging[: h.int_bytes].view(torch.int64)
     visual = staging[h.int_bytes : h.int_bytes + vb].view(dtype).view(n, hid)
@@ -200,7 +200,7 @@ def direct_views(staging: torch.Tensor, h: ChunkHeader, result: EncoderOutput) -
     r0, n = h.row_offset, h.row_count
     ints = staging[: h.int_bytes].view(torch.int64)
     visual = result.visual_embeds[r0 : r0 + n]
-    deep = [result.deepstack_visual_embeds[k, r0 : r0 + n] for k in range(h.num_levels)]
+    deep = [result.deepstack_visual_embeds[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
     return ChunkViews(ints, visual, deep, [t for t in [ints, visual, *deep] if t.numel()])
 
 
@@ -225,7 +225,7 @@ def split_ints(ints: torch.Tensor, h: ChunkHeader) -> IntParts:
 
 def empty_result(h: ChunkHeader, device: torch.device) -> EncoderOutput:
     """Allocate the assembled EncoderOutput described by first-chunk header `h`."""
-    b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_levels, h.hidden_size
+    b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_deepstack_levels, h.hidden_size
     dtype = CODE_DTYPES[h.embed_dtype]
     mask = None
     if h.mask_dtype != NONE_ID:

@@ -123,7 +123,7 @@ class ChunkHeader:
     num_visual: int = 0  # N, visual rows of the whole request
     row_offset: int = 0  # first visual row carried by this chunk
     row_count: int = 0  # visual rows carried by this chunk
-    num_levels: int = 0  # K
+    num_deepstack_levels: int = 0  # K
     hidden_size: int = 0  # H
     embed_dtype: int = 0  # dtype code of visual_embeds / deepstack
     mask_dtype: int = NONE_ID  # dtype code of attention_mask, NONE_ID = no mask
@@ -196,6 +196,8 @@ class Control:
 
 
 def _check_envelope(words: list[int], n: int, request_id: int, what: str) -> None:
+    if request_id == NEXT and len(words) > 3:
+        request_id = words[3]  # as claimed by the message itself: the best name we have
     if len(words) != n:
         raise HeaderMismatch(f"{req_name(request_id)}: {what} has {len(words)} words, expected {n}", request_id, "size")
     if words[0] != MAGIC:

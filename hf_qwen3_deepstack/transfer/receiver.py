@@ -308,6 +308,7 @@ class EncoderOutputReceiver:
 
     # ------------------------------------------------------------------ validation
     def _allocate(self) -> None:
+        # without an explicit dtype, size for 4-byte elements: fp32, bf16 and fp16 all fit
         self._staging = torch.empty(
             staging_nbytes(self.capacity_tokens, self.max_batch_size, self.num_deepstack_levels or 0,
                            self.hidden_size or 0, self.dtype or torch.float32),
@@ -324,7 +325,7 @@ class EncoderOutputReceiver:
                 raise mismatch(rid, "embed_dtype", h.embed_dtype, "an embedding dtype code", 0)
             if h.mask_dtype != NONE_ID and CODE_DTYPES.get(h.mask_dtype) not in MASK_DTYPES:
                 raise mismatch(rid, "mask_dtype", h.mask_dtype, "an integer/bool dtype code", 0)
-            for name, want in (("hidden_size", self.hidden_size), ("num_levels", self.num_deepstack_levels)):
+            for name, want in (("hidden_size", self.hidden_size), ("num_deepstack_levels", self.num_deepstack_levels)):
                 if want is not None:
                     expect_field(h, name, want, 0)
             if self.dtype is not None:
@@ -335,9 +336,8 @@ class EncoderOutputReceiver:
                 raise mismatch(rid, "total_tokens", h.total_tokens, h.batch_size * h.seq_len, 0)
             if h.num_visual and h.image_token_id == NONE_ID and h.video_token_id == NONE_ID:
                 raise mismatch(rid, "num_visual", h.num_visual, "0 (no image/video token id)", 0)
-            if self._staging is None:  # learn the expectations from the first request
-                self.hidden_size, self.num_deepstack_levels = h.hidden_size, h.num_levels
-                self.dtype = CODE_DTYPES[h.embed_dtype]
+            if self._staging is None:  # learn the shape expectations from the first request
+                self.hidden_size, self.num_deepstack_levels = h.hidden_size, h.num_deepstack_levels
                 self._allocate()
         except HeaderMismatch as e:
             self._reject(ch, h, e)
@@ -351,7 +351,7 @@ class EncoderOutputReceiver:
             expect_field(h, "request_id", rid, offset)
             expect_field(h, "token_offset", offset, offset)
             expect_field(h, "token_count", min(self.capacity_tokens, first.total_tokens - offset), offset)
-            for name in ("total_tokens", "batch_size", "seq_len", "num_visual", "num_levels", "hidden_size",
+            for name in ("total_tokens", "batch_size", "seq_len", "num_visual", "num_deepstack_levels", "hidden_size",
                          "embed_dtype", "mask_dtype", "image_token_id", "video_token_id"):
                 expect_field(h, name, getattr(first, name), offset)
             expect_field(h, "row_offset", rows, offset)
@@ -361,6 +361,9 @@ class EncoderOutputReceiver:
             expect_field(h, "int_bytes", 8 * int_numel(h), offset)
             expect_field(h, "embed_bytes", embed_nbytes(h), offset)
             expect_field(h, "last", offset + h.token_count >= first.total_tokens, offset)
+            if h.int_bytes + h.embed_bytes > self._staging.numel():
+                raise mismatch(rid, "embed_dtype", CODE_DTYPES[h.embed_dtype],
+                               f"a dtype whose chunk fits the {self._staging.numel()}-byte staging buffer", offset)
         except HeaderMismatch as e:
             self._reject(ch, h, e)
             raise
@@ -394,7 +397,7 @@ class EncoderOutputReceiver:
             return [h.int_bytes + h.embed_bytes]
         sizes = [h.int_bytes]
         if h.row_count:
-            sizes += [h.embed_bytes // (1 + h.num_levels)] * (1 + h.num_levels)
+            sizes += [h.embed_bytes // (1 + h.num_deepstack_levels)] * (1 + h.num_deepstack_levels)
         return sizes
 
     # ------------------------------------------------------------------ chunk loop

@@ -1,0 +1,124 @@
+"""Bit-exact delivery of EncoderOutput across two gloo processes, single- and multi-chunk."""
+
+import pytest
+import torch
+from _dist import IMAGE_ID, VIDEO_ID, assert_same, random_output, run_ranks
+
+# (name, batch, seq, n_visual, dtype, mask_dtype, token ids); capacity is CAP (small) or BIG_CAP
+CAP = 16
+CASES = [
+    ("text_only", 1, 12, 0, torch.float32, torch.int64, (IMAGE_ID, VIDEO_ID)),
+    ("text_only_no_ids", 2, 7, 0, torch.float32, None, (None, None)),
+    ("one_visual_row", 1, 9, 1, torch.float32, torch.int64, (IMAGE_ID, VIDEO_ID)),
+    ("exactly_capacity", 1, CAP, 10, torch.bfloat16, torch.int64, (IMAGE_ID, VIDEO_ID)),
+    ("capacity_plus_one", 1, CAP + 1, 11, torch.bfloat16, torch.int64, (IMAGE_ID, None)),
+    ("many_chunks_b2_bf16", 2, 5 * CAP + 3, 100, torch.bfloat16, torch.int64, (IMAGE_ID, VIDEO_ID)),
+    ("many_chunks_b2_fp32_bool_mask", 2, 3 * CAP + 5, 60, torch.float32, torch.bool, (None, VIDEO_ID)),
+    ("all_visual_b1", 1, 2 * CAP, 2 * CAP, torch.float32, None, (IMAGE_ID, VIDEO_ID)),
+]
+
+
+def expected_payload_bytes(out, cap: int) -> int:
+    """Bytes on the wire: per-token ids + 3 positions (+ mask) as int64, rope deltas once, and
+    (1 + K) x H rows for the visual tokens only -- no text-row embeddings."""
+    t = out.input_ids.numel()
+    per_token = 8 * (4 + (out.attention_mask is not None))
+    rows = out.num_visual_tokens * (1 + out.num_deepstack_levels) * out.hidden_size * out.visual_embeds.element_size()
+    return t * per_token + 8 * out.batch_size + rows
+
+
+def _case_output(i, case, hidden):
+    _, b, s, n, dtype, mask_dtype, ids = case
+    return random_output(100 + i, b, s, n, hidden=hidden, dtype=dtype, mask_dtype=mask_dtype, token_ids=ids)
+
+
+def _deliver(rank, cap, hidden, streaming):
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=20)
+        for i, case in enumerate(CASES):
+            tx.send(i, _case_output(i, case, hidden))
+        tx.close()
+        return dict(tx.stats.per_request_bytes), tx.stats.payload_bytes_resent, tx.stats.chunks_sent
+    rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=20)
+    staging = None
+    chunk_counts = []
+    for i, case in enumerate(CASES):
+        want = _case_output(i, case, hidden)
+        if streaming:
+            rid, got, n_chunks = _assemble(rx, want)
+        else:
+            rid, got = rx.recv()
+            n_chunks = None
+        assert rid == i, (rid, i)
+        assert_same(got, want, case[0])
+        staging = staging or rx.staging_nbytes
+        assert rx.staging_nbytes == staging, "staging buffer must be allocated once"
+        chunk_counts.append(n_chunks)
+    rx.close()
+    return staging, chunk_counts
+
+
+def _assemble(rx, want):
+    """Rebuild an EncoderOutput from recv_chunks(), checking each chunk against its own tokens."""
+    flat_ids = want.input_ids.reshape(-1)
+    vis_before = torch.isin(flat_ids, torch.tensor([i for i in (want.image_token_id, want.video_token_id)
+                                                     if i is not None] or [-1])).cumsum(0)
+    ids, pos, mask, vis, deep = [], [], [], [], []
+    n_chunks, rid = 0, None
+    for chunk in rx.recv_chunks():
+        o, c = chunk.token_offset, chunk.token_count
+        assert c <= rx.capacity_tokens
+        r0 = int(vis_before[o - 1]) if o else 0
+        assert chunk.visual_row_offset == r0
+        n = chunk.visual_embeds.shape[0]
+        # deepstack rows travel with the chunk of their tokens
+        assert torch.equal(chunk.deepstack_visual_embeds, want.deepstack_visual_embeds[:, r0 : r0 + n])
+        ids.append(chunk.input_ids.clone())
+        pos.append(chunk.position_ids.clone())
+        if chunk.attention_mask is not None:
+            mask.append(chunk.attention_mask.to(chunk.mask_dtype).clone())
+        vis.append(chunk.visual_embeds.clone())
+        deep.append(chunk.deepstack_visual_embeds.clone())
+        rope, rid, n_chunks = chunk.rope_deltas.clone(), chunk.request_id, n_chunks + 1
+        b, s = chunk.batch_size, chunk.seq_len
+    from hf_qwen3_deepstack.encoder_output import EncoderOutput
+
+    got = EncoderOutput(
+        input_ids=torch.cat(ids).view(b, s),
+        position_ids=torch.cat(pos, 1).view(3, b, s),
+        rope_deltas=rope,
+        visual_embeds=torch.cat(vis),
+        deepstack_visual_embeds=torch.cat(deep, 1),
+        attention_mask=torch.cat(mask).view(b, s) if mask else None,
+        image_token_id=chunk.image_token_id,
+        video_token_id=chunk.video_token_id,
+    )
+    return rid, got, n_chunks
+
+
+@pytest.mark.parametrize(
+    "cap,hidden",
+    [(CAP, 16), (64, 384)],  # small packed chunks / large zero-copy chunks (> PACK_LIMIT bytes)
+    ids=["packed", "zero_copy"],
+)
+def test_recv_is_bit_exact_and_ships_only_visual_rows(cap, hidden):
+    (per_request, resent, chunks_sent), (staging, _) = run_ranks(_deliver, args=(cap, hidden, False), timeout=90)
+    assert resent == 0
+    from hf_qwen3_deepstack.transfer.protocol import HEADER_WORDS
+
+    total_chunks = 0
+    for i, case in enumerate(CASES):
+        out = _case_output(i, case, hidden)
+        n_chunks = max(1, -(-out.input_ids.numel() // cap))
+        total_chunks += n_chunks
+        assert per_request[i] == expected_payload_bytes(out, cap) + n_chunks * HEADER_WORDS * 8, case[0]
+    assert chunks_sent == total_chunks
+    assert staging > 0
+
+
+def test_recv_chunks_streams_each_chunk_with_its_deepstack_rows():
+    _, (_, chunk_counts) = run_ranks(_deliver, args=(CAP, 16, True), timeout=90)
+    for case, n in zip(CASES, chunk_counts):
+        assert n == max(1, -(-case[1] * case[2] // CAP)), case[0]
