@@ -75,50 +75,48 @@ def hub_cache_snapshot(hf_home: Path, repo_id: str, commit: str, files_from: Pat
 
 
 CHILD = r"""
-import json, sys, torch
+import sys, torch
 from transformers import AutoModel, AutoModelForCausalLM
-enc_id, lm_id, inputs_file, out_file = sys.argv[1:] if len(sys.argv) > 1 else ARGS
-inputs = torch.load(inputs_file)
-enc = AutoModel.from_pretrained(enc_id, trust_remote_code=True).eval()
-lm = AutoModelForCausalLM.from_pretrained(lm_id, trust_remote_code=True).eval()
-assert type(enc).__module__.startswith("transformers_modules"), type(enc).__module__
-assert type(lm).__module__.startswith("transformers_modules"), type(lm).__module__
-with torch.no_grad():
-    feats = enc(pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
-    enc_out = enc.encode(**inputs)
-    logits = lm(**enc_out.lm_inputs()).logits
-    generated = lm.generate(**enc_out.lm_inputs(), max_new_tokens=8, do_sample=False)
-result = {
-    "image_embeds": torch.cat(feats.image_embeds),
-    "image_deepstack": torch.cat(feats.image_deepstack_embeds, dim=1),
-    "visual_embeds": enc_out.visual_embeds,
-    "deepstack": enc_out.deepstack_visual_embeds,
-    "position_ids": enc_out.position_ids,
-    "logits": logits,
-    "generated": generated,
-    "enc_weights": {k: v.clone() for k, v in enc.state_dict().items()},
-}
-extras = []
-import os
-from pathlib import Path
 from transformers.utils import cached_file
-try:
-    has_processor = cached_file(enc_id, "preprocessor_config.json") is not None
-except OSError:
-    has_processor = False
-if has_processor:
-    # (AutoProcessor also builds the video processor, which needs torchvision: not on this CPU box)
-    from transformers import AutoImageProcessor, AutoTokenizer
-    image_processor = AutoImageProcessor.from_pretrained(enc_id, trust_remote_code=True)
-    for repo in (enc_id, lm_id):
-        tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
-        assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == 485
-        assert tokenizer.chat_template, repo
-        extras.append(type(tokenizer).__name__)
-    extras.append(type(image_processor).__name__)
-result["extras"] = extras
-torch.save(result, out_file)
-print("OK", extras)
+
+inputs_file, pairs = ARGS
+inputs = torch.load(inputs_file)
+for enc_id, lm_id, out_file in pairs:
+    enc = AutoModel.from_pretrained(enc_id, trust_remote_code=True).eval()
+    lm = AutoModelForCausalLM.from_pretrained(lm_id, trust_remote_code=True).eval()
+    assert type(enc).__module__.startswith("transformers_modules"), type(enc).__module__
+    assert type(lm).__module__.startswith("transformers_modules"), type(lm).__module__
+    with torch.no_grad():
+        feats = enc(pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+        enc_out = enc.encode(**inputs)
+        logits = lm(**enc_out.lm_inputs()).logits
+        generated = lm.generate(**enc_out.lm_inputs(), max_new_tokens=8, do_sample=False)
+    result = {
+        "image_embeds": torch.cat(feats.image_embeds),
+        "image_deepstack": torch.cat(feats.image_deepstack_embeds, dim=1),
+        "visual_embeds": enc_out.visual_embeds,
+        "deepstack": enc_out.deepstack_visual_embeds,
+        "logits": logits,
+        "generated": generated,
+        "enc_weights": {k: v.clone() for k, v in enc.state_dict().items()},
+        "extras": [],
+    }
+    try:
+        has_processor = cached_file(enc_id, "preprocessor_config.json") is not None
+    except OSError:
+        has_processor = False
+    if has_processor:
+        # (AutoProcessor also builds the video processor, which needs torchvision: not on this CPU box)
+        from transformers import AutoImageProcessor, AutoTokenizer
+        image_processor = AutoImageProcessor.from_pretrained(enc_id, trust_remote_code=True)
+        for repo in (enc_id, lm_id):
+            tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
+            assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == 485
+            assert tokenizer.chat_template, repo
+            result["extras"].append(type(tokenizer).__name__)
+        result["extras"].append(type(image_processor).__name__)
+    torch.save(result, out_file)
+    print("OK", enc_id, result["extras"])
 """
 
 
@@ -178,11 +176,43 @@ def _repo_keys(repo: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def test_local_folder_split_loads_offline_and_matches(reference):
+@pytest.fixture(scope="module")
+def loaded(reference):
+    """Both splits, then ONE isolated process loads both pairs (saves an interpreter start)."""
+    root, src, expected = reference
+    # 1. local folder, through the library API
+    local_enc, local_lm = root / "local" / "encoder", root / "local" / "lm"
+    local = split_checkpoint(src, local_enc, local_lm, max_shard_size="200KB", progress=False)
+    # 2. a Hub id in an offline cache, through the CLI
+    hf_home = root / "hf-home"
+    hub_cache_snapshot(hf_home, SRC_REPO, SRC_COMMIT, src)
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    hub_enc, hub_lm = root / "hub" / "encoder", root / "hub" / "lm"
+    hub = split_via_cli(hub_enc, hub_lm, offline)
+    # publish the hub-source outputs into the offline cache: loaded by repo id, like a Hub user
+    hub_cache_snapshot(hf_home, ENC_REPO, OUT_COMMIT, hub_enc)
+    hub_cache_snapshot(hf_home, LM_REPO, OUT_COMMIT, hub_lm)
+    pairs = [(str(local_enc), str(local_lm), str(root / "local.pt")), (ENC_REPO, LM_REPO, str(root / "hub.pt"))]
+    stdout = run_isolated(CHILD.replace("ARGS", repr((str(root / "inputs.pt"), pairs))), cwd=root / "work", env=offline)
+    return {"local": (local, torch.load(root / "local.pt")), "hub": (hub, torch.load(root / "hub.pt")),
+            "stdout": stdout}
+
+
+def split_via_cli(enc_dir: Path, lm_dir: Path, env: dict) -> str:
+    proc = run_repo_python(
+        ["-m", "hf_qwen3_deepstack.cli", "split", SRC_REPO, "--encoder-out", str(enc_dir), "--lm-out", str(lm_dir),
+         "--max-shard-size", "250KB", "--no-progress"],
+        env=env,
+    )
+    assert "wrote" in proc.stdout
+    return proc.stdout
+
+
+def test_local_folder_split_loads_offline_and_matches(reference, loaded):
     root, src, expected = reference
     enc_dir, lm_dir = root / "local" / "encoder", root / "local" / "lm"
-    result = split_checkpoint(src, enc_dir, lm_dir, max_shard_size="200KB", progress=False)
-    assert result.encoder.out == enc_dir and len(result.encoder.shards) > 1 and len(result.lm.shards) > 1
+    split, result = loaded["local"]
+    assert split.encoder.out == enc_dir and len(split.encoder.shards) > 1 and len(split.lm.shards) > 1
 
     # layout: keys exactly the source's, fused experts in the Hub layout (== this source's layout)
     source = _source_keys(src)
@@ -207,37 +237,18 @@ def test_local_folder_split_loads_offline_and_matches(reference):
                 assert (lm_dir / name).read_bytes() == (src / name).read_bytes(), name
     assert not (lm_dir / "preprocessor_config.json").exists()
 
-    out = root / "local" / "result.pt"
-    stdout = run_isolated(CHILD.replace("ARGS", repr([str(enc_dir), str(lm_dir), str(root / "inputs.pt"), str(out)])),
-                          cwd=root / "work-local", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf-home-local")})
-    result = torch.load(out)
     check_against_reference(result, expected)
     if (src / "preprocessor_config.json").exists():
-        assert result["extras"], stdout
+        assert result["extras"], loaded["stdout"]
 
 
-def test_offline_hub_cache_split_via_cli_loads_by_repo_id(reference):
+def test_offline_hub_cache_split_via_cli_loads_by_repo_id(reference, loaded):
     root, src, expected = reference
-    hf_home = root / "hf-home"
-    hub_cache_snapshot(hf_home, SRC_REPO, SRC_COMMIT, src)
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
-    enc_dir, lm_dir = root / "hub" / "encoder", root / "hub" / "lm"
-    proc = run_repo_python(
-        ["-m", "hf_qwen3_deepstack.cli", "split", SRC_REPO, "--encoder-out", str(enc_dir), "--lm-out", str(lm_dir),
-         "--max-shard-size", "250KB", "--no-progress"],
-        env=offline,
-    )
-    assert "wrote" in proc.stdout and "nothing would be uploaded" not in proc.stdout
-    card = (enc_dir / "README.md").read_text()
+    stdout, result = loaded["hub"]
+    assert "wrote" in stdout
+    card = (root / "hub" / "encoder" / "README.md").read_text()
     assert f"{SRC_REPO}@{SRC_COMMIT}" in card and f"base_model: {SRC_REPO}" in card
-
-    # publish into the (offline) cache and load by repo id, like a user of the Hub repos
-    hub_cache_snapshot(hf_home, ENC_REPO, OUT_COMMIT, enc_dir)
-    hub_cache_snapshot(hf_home, LM_REPO, OUT_COMMIT, lm_dir)
-    out = root / "hub" / "result.pt"
-    run_isolated(CHILD.replace("ARGS", repr([ENC_REPO, LM_REPO, str(root / "inputs.pt"), str(out)])),
-                 cwd=root / "work-hub", env=offline)
-    check_against_reference(torch.load(out), expected)
+    check_against_reference(result, expected)
 
 
 def test_transformers_expert_layout_is_written_in_hub_layout(tmp_path, reference):
