@@ -79,7 +79,9 @@ def _context():
     return ctx
 
 
-def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 60.0) -> list:
+def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 60.0,
+              allow_missing: tuple[int, ...] = ()) -> list:
+    """`allow_missing`: ranks that may die without reporting (their result is None)."""
     ctx = _context()
     results = ctx.Queue()
     port = free_port()
@@ -90,7 +92,7 @@ def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 60.0) 
     out: dict[int, object] = {}
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < world_size:
+        while len(out) < world_size - len(allow_missing):
             try:
                 rank, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
@@ -108,7 +110,7 @@ def run_ranks(fn, world_size: int = 2, args: tuple = (), timeout: float = 60.0) 
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    return [out[r] for r in range(world_size)]
+    return [out.get(r) for r in range(world_size)]
 
 
 IMAGE_ID, VIDEO_ID = 151655, 151656

@@ -1,0 +1,158 @@
+"""Bad headers, expectation mismatches and silent peers raise the documented errors in time."""
+
+import time
+
+import pytest
+import torch
+from _dist import assert_same, random_output, run_ranks
+
+CTRL_TAG, DATA_TAG = 101, 102  # DEFAULT_TAG + 1 / + 2
+
+
+def _fake_sender(rank, corrupt):
+    """Rank 0 plays a broken sender: reads the pull, answers with a corrupted header."""
+    import torch.distributed as dist
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, HeaderMismatch
+    from hf_qwen3_deepstack.transfer.chunking import SendPlan
+    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS
+
+    if rank == 0:
+        ctrl = torch.empty(CONTROL_WORDS, dtype=torch.int64)
+        dist.recv(ctrl, src=1, tag=CTRL_TAG)
+        plan = SendPlan.build(random_output(0, 1, 10, 2))
+        h = plan.header(5, 0, 0, capacity=int(ctrl[5]))
+        if corrupt == "token_offset":
+            h.token_offset = 3
+            words = h.to_tensor()
+        else:
+            words = h.to_tensor()
+            words[{"magic": 0, "version": 1}[corrupt]] += 1
+        dist.send(words, dst=1, tag=DATA_TAG)
+        works = [dist.isend(m, dst=1, tag=DATA_TAG) for m in plan.messages(h)]  # data follows
+        time.sleep(1.0)  # the receiver may drain it (valid envelope) or drop the channel (corrupt one)
+        del works
+        return None
+    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10)
+    try:
+        rx.recv()
+    except HeaderMismatch as e:
+        return type(e).__name__, str(e), e.request_id, e.field
+    raise AssertionError("no HeaderMismatch")
+
+
+@pytest.mark.parametrize("corrupt", ["magic", "version", "token_offset"])
+def test_wrong_header_names_request_and_field(corrupt):
+    _, (kind, msg, rid, field) = run_ranks(_fake_sender, args=(corrupt,), timeout=60)
+    assert kind == "HeaderMismatch"
+    assert field == corrupt and f"'{corrupt}'" in msg
+    assert rid == 5 and "request 5" in msg
+
+
+def _expectation_mismatch(rank, field):
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender, HeaderMismatch
+
+    good = random_output(1, 1, 12, 4, hidden=16, levels=3)
+    bad = {
+        "hidden_size": random_output(2, 1, 12, 4, hidden=8, levels=3),
+        "num_deepstack_levels": random_output(2, 1, 12, 4, hidden=16, levels=2),
+        "embed_dtype": random_output(2, 1, 12, 4, hidden=16, levels=3, dtype=torch.bfloat16),
+    }[field]
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=10)
+        try:
+            tx.send(3, bad)
+            raise AssertionError("sender was not told about the rejection")
+        except HeaderMismatch as e:
+            sender_err = (str(e), e.request_id, e.field)
+        tx.send(4, good)  # the channel is still usable
+        tx.close()
+        return sender_err
+    rx = EncoderOutputReceiver(0, capacity_tokens=8, timeout=10, hidden_size=16, num_deepstack_levels=3,
+                               dtype=torch.float32)
+    try:
+        rx.recv()
+        raise AssertionError("no HeaderMismatch")
+    except HeaderMismatch as e:
+        recv_err = (str(e), e.request_id, e.field)
+    rid, out = rx.recv()
+    assert rid == 4
+    assert_same(out, good)
+    rx.close()
+    return recv_err
+
+
+@pytest.mark.parametrize("field", ["hidden_size", "num_deepstack_levels", "embed_dtype"])
+def test_hidden_size_k_and_dtype_mismatch_rejects_the_request(field):
+    sender_err, recv_err = run_ranks(_expectation_mismatch, args=(field,), timeout=60)
+    for msg, rid, f in (sender_err, recv_err):
+        assert rid == 3 and "request 3" in msg
+        assert f == field and f"'{field}'" in msg
+
+
+def _silent_sender(rank):
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, TransferTimeout
+
+    if rank == 0:
+        time.sleep(2.5)  # never answers
+        return None
+    rx = EncoderOutputReceiver(0, capacity_tokens=8, timeout=0.8)
+    t0 = time.monotonic()
+    try:
+        rx.recv()
+    except TransferTimeout as e:
+        return time.monotonic() - t0, str(e), e.request_id, e.offset
+    raise AssertionError("no TransferTimeout")
+
+
+def test_silent_sender_times_out_naming_request_and_offset():
+    _, (elapsed, msg, rid, offset) = run_ranks(_silent_sender, timeout=60)
+    assert 0.7 <= elapsed < 1.5
+    assert "request <next>" in msg and "token offset 0" in msg
+    assert offset == 0
+
+
+def _silent_receiver(rank):
+    from hf_qwen3_deepstack.transfer import EncoderOutputSender, TransferTimeout
+
+    if rank == 1:
+        time.sleep(2.5)  # never pulls
+        return None
+    tx = EncoderOutputSender(1, timeout=0.8)
+    t0 = time.monotonic()
+    try:
+        tx.send(9, random_output(0, 1, 10, 2))
+    except TransferTimeout as e:
+        return time.monotonic() - t0, str(e), e.request_id, e.offset, tx.in_flight
+    raise AssertionError("no TransferTimeout")
+
+
+def test_silent_receiver_times_out_and_request_is_retained():
+    (elapsed, msg, rid, offset, in_flight), _ = run_ranks(_silent_receiver, timeout=60)
+    assert 0.7 <= elapsed < 1.5
+    assert rid == 9 and "request 9" in msg and "acknowledged token offset 0" in msg
+    assert in_flight == 1  # kept until acknowledged
+
+
+def _dead_receiver(rank):
+    import os
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputSender, TransferError
+
+    if rank == 1:
+        time.sleep(0.3)
+        os._exit(0)  # dies without a word
+    tx = EncoderOutputSender(1, timeout=5.0)
+    t0 = time.monotonic()
+    try:
+        tx.send(2, random_output(0, 1, 10, 2))
+    except TransferError as e:
+        return time.monotonic() - t0, type(e).__name__, str(e)
+    raise AssertionError("no TransferError")
+
+
+def test_dead_receiver_fails_the_request_within_the_timeout():
+    ctx_results = run_ranks(_dead_receiver, timeout=60, allow_missing=(1,))
+    elapsed, kind, msg = ctx_results[0]
+    assert elapsed < 5.5
+    assert "request 2" in msg or "rank 1" in msg
