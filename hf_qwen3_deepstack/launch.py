@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -83,6 +82,11 @@ def run_rank(args: argparse.Namespace) -> int:
     from hf_qwen3_deepstack.runtime.requests import load_requests
     from hf_qwen3_deepstack.runtime.roles import Roles, make_groups
 
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     rank = int(os.environ["RANK"])
     _STATE["who"] = f"rank {rank}"
     if args.threads:
