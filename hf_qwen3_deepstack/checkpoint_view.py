@@ -57,3 +57,21 @@ def _resolve(source, name: str, hub_kwargs: dict) -> str | None:
         str(source), name, _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False, **hub_kwargs,
     )
+
+
+class LoadsOwnShards:
+    """`from_pretrained` that hands transformers a view with only this half's shards."""
+
+    @staticmethod
+    def is_own_key(key: str) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        with own_shards_view(pretrained_model_name_or_path, cls.is_own_key, **kwargs) as view:
+            if view is None:
+                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            kwargs.pop("subfolder", None)
+            model = super().from_pretrained(view, *args, **kwargs)
+        model.config._name_or_path = str(pretrained_model_name_or_path)
+        return model

@@ -1,11 +1,11 @@
 """Config of the language half: a Qwen3-MoE decoder that accepts DeepStack visual features
 (Hub remote code: imports only torch/transformers)."""
 
-from typing import Any
-
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.qwen3_moe.configuration_qwen3_moe import Qwen3MoeConfig
 from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import Qwen3VLMoeConfig, Qwen3VLMoeTextConfig
+
+from .configuration_sources import ReadsSourceConfigs
 
 VL_MODEL_TYPE = "qwen3_vl_moe"
 TEXT_MODEL_TYPE = "qwen3_moe"
@@ -20,11 +20,16 @@ _SHARED_TEXT_FIELDS = (
 )
 
 
-class Qwen3MoeDeepStackConfig(Qwen3VLMoeTextConfig):
+class Qwen3MoeDeepStackConfig(ReadsSourceConfigs, Qwen3VLMoeTextConfig):
     """Qwen3-VL-MoE's text config plus the visual bookkeeping of the language side."""
 
     model_type = "qwen3_moe_deepstack"
     base_config_key = ""
+    source_configs = {
+        VL_MODEL_TYPE: (Qwen3VLMoeConfig, "from_vl_config"),
+        TEXT_MODEL_TYPE: (Qwen3MoeConfig, "from_text_config"),
+    }
+    source_names = {VL_MODEL_TYPE: "Qwen3-VL-MoE", TEXT_MODEL_TYPE: "Qwen3-MoE"}
 
     image_token_id: int | None = None
     video_token_id: int | None = None
@@ -68,31 +73,6 @@ class Qwen3MoeDeepStackConfig(Qwen3VLMoeTextConfig):
             num_deepstack_levels=0,
             source_model_type=TEXT_MODEL_TYPE,
         )
-
-    @classmethod
-    def own_config_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
-        """Accepts our own config.json, a Qwen3-VL-MoE config.json or a Qwen3-MoE config.json."""
-        model_type = config_dict.get("model_type")
-        if model_type == VL_MODEL_TYPE:
-            config_dict = cls.from_vl_config(Qwen3VLMoeConfig.from_dict(dict(config_dict))).to_dict()
-        elif model_type == TEXT_MODEL_TYPE:
-            config_dict = cls.from_text_config(Qwen3MoeConfig.from_dict(dict(config_dict))).to_dict()
-        elif model_type not in (None, cls.model_type):
-            raise ValueError(
-                f"Qwen3MoeForCausalLMWithDeepStack loads a Qwen3-VL-MoE ('{VL_MODEL_TYPE}') or Qwen3-MoE "
-                f"('{TEXT_MODEL_TYPE}') checkpoint or its own saved folder ('{cls.model_type}'), "
-                f"got model_type '{model_type}'."
-            )
-        return config_dict
-
-    @classmethod
-    def get_config_dict(cls, *args, **kwargs):
-        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        return cls.own_config_dict(config_dict), kwargs
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
-        return super().from_dict(cls.own_config_dict(config_dict), **kwargs)
 
 
 __all__ = ["Qwen3MoeDeepStackConfig"]

@@ -1,22 +1,24 @@
 """Config of the vision half of Qwen3-VL-MoE (Hub remote code: imports only torch/transformers)."""
 
-from typing import Any
-
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import (
     Qwen3VLMoeConfig,
     Qwen3VLMoeVisionConfig,
 )
 
+from .configuration_sources import ReadsSourceConfigs
+
 FULL_MODEL_TYPE = "qwen3_vl_moe"
 
 
-class Qwen3VLMoeEncoderOnlyConfig(PreTrainedConfig):
+class Qwen3VLMoeEncoderOnlyConfig(ReadsSourceConfigs, PreTrainedConfig):
     """The vision tower of a Qwen3-VL-MoE checkpoint plus what the encoder side needs to build
     language-model inputs: placeholder token ids (for M-RoPE and placeholder checks)."""
 
     model_type = "qwen3_vl_moe_encoder_only"
     sub_configs_defaults = {"vision_config": Qwen3VLMoeVisionConfig}
+    source_configs = {FULL_MODEL_TYPE: (Qwen3VLMoeConfig, "from_full_config")}
+    source_names = {FULL_MODEL_TYPE: "Qwen3-VL-MoE"}
 
     vision_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 151655
@@ -56,29 +58,6 @@ class Qwen3VLMoeEncoderOnlyConfig(PreTrainedConfig):
             text_hidden_size=full.text_config.hidden_size,
             source_model_type=full.model_type,
         )
-
-    @classmethod
-    def own_config_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
-        """Accepts our own config.json and a full Qwen3-VL-MoE config.json."""
-        model_type = config_dict.get("model_type")
-        if model_type == FULL_MODEL_TYPE:
-            full = Qwen3VLMoeConfig.from_dict(dict(config_dict))
-            config_dict = cls.from_full_config(full).to_dict()
-        elif model_type not in (None, cls.model_type):
-            raise ValueError(
-                f"Qwen3VLMoeEncoderOnly loads a Qwen3-VL-MoE checkpoint (model_type '{FULL_MODEL_TYPE}') or its "
-                f"own saved folder (model_type '{cls.model_type}'), got model_type '{model_type}'."
-            )
-        return config_dict
-
-    @classmethod
-    def get_config_dict(cls, *args, **kwargs):
-        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        return cls.own_config_dict(config_dict), kwargs
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
-        return super().from_dict(cls.own_config_dict(config_dict), **kwargs)
 
 
 __all__ = ["Qwen3VLMoeEncoderOnlyConfig"]

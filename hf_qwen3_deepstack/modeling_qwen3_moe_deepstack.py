@@ -22,16 +22,12 @@ from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import (
     load_balancing_loss_func,
 )
 
-from .checkpoint_view import own_shards_view
+from .checkpoint_view import LoadsOwnShards
 from .configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
 from .state_dict_adapter import LANGUAGE_KEYS_FROM_OTHER_HALF, register_key_tables
 
 # Used at prefill only; generate() drops them once the KV cache holds the prompt.
 VISUAL_INPUTS = ("visual_embeds", "deepstack_visual_embeds", "visual_pos_masks", "input_deepstack_embeds")
-
-
-def is_language_key(key: str) -> bool:
-    return not key.startswith("model.visual.")
 
 
 class Qwen3MoeDeepStackPreTrainedModel(Qwen3VLMoePreTrainedModel):
@@ -171,26 +167,19 @@ class Qwen3MoeModelWithDeepStack(Qwen3MoeDeepStackPreTrainedModel, Qwen3VLMoeTex
         return torch.cat([text[None], position_ids.to(text.device)], dim=0)
 
 
-class Qwen3MoeForCausalLMWithDeepStack(Qwen3MoeDeepStackPreTrainedModel, GenerationMixin):
+class Qwen3MoeForCausalLMWithDeepStack(LoadsOwnShards, Qwen3MoeDeepStackPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    @staticmethod
+    def is_own_key(key: str) -> bool:  # checkpoint keys this half reads
+        return not key.startswith("model.visual.")
 
     def __init__(self, config: Qwen3MoeDeepStackConfig):
         super().__init__(config)
         self.model = Qwen3MoeModelWithDeepStack(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Also accepts a full Qwen3-VL-MoE checkpoint: shards holding only vision tensors are skipped."""
-        with own_shards_view(pretrained_model_name_or_path, is_language_key, **kwargs) as view:
-            if view is None:
-                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            kwargs.pop("subfolder", None)
-            model = super().from_pretrained(view, *args, **kwargs)
-        model.config._name_or_path = str(pretrained_model_name_or_path)
-        return model
 
     def forward(
         self,

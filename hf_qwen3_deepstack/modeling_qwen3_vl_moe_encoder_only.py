@@ -18,16 +18,12 @@ from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import (
     Qwen3VLMoeVisionModel,
 )
 
-from .checkpoint_view import own_shards_view
+from .checkpoint_view import LoadsOwnShards
 from .configuration_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnlyConfig
 from .encoder_output import EncoderOutput
 from .state_dict_adapter import ENCODER_KEYS_FROM_OTHER_HALF, register_key_tables
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids values, as transformers' processor writes them
-
-
-def is_vision_key(key: str) -> bool:
-    return key.startswith(("model.visual.", "visual."))
 
 
 @dataclass
@@ -38,7 +34,7 @@ class Qwen3VLMoeEncoderOnlyOutput(ModelOutput):
     video_deepstack_embeds: tuple[torch.Tensor, ...] | None = None  # per video (K, n_v, H)
 
 
-class Qwen3VLMoeEncoderOnly(Qwen3VLMoePreTrainedModel):
+class Qwen3VLMoeEncoderOnly(LoadsOwnShards, Qwen3VLMoePreTrainedModel):
     config_class = Qwen3VLMoeEncoderOnlyConfig
     config: Qwen3VLMoeEncoderOnlyConfig
     base_model_prefix = "visual"
@@ -51,21 +47,14 @@ class Qwen3VLMoeEncoderOnly(Qwen3VLMoePreTrainedModel):
     get_vision_position_ids = Qwen3VLMoeModel.get_vision_position_ids
     get_rope_index = Qwen3VLMoeModel.get_rope_index
 
+    @staticmethod
+    def is_own_key(key: str) -> bool:  # checkpoint keys this half reads (full checkpoint or own folder)
+        return key.startswith(("model.visual.", "visual."))
+
     def __init__(self, config: Qwen3VLMoeEncoderOnlyConfig):
         super().__init__(config)
         self.visual = Qwen3VLMoeVisionModel._from_config(config.vision_config)
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Also accepts a full Qwen3-VL-MoE checkpoint: only shards holding vision tensors are used."""
-        with own_shards_view(pretrained_model_name_or_path, is_vision_key, **kwargs) as view:
-            if view is None:
-                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            kwargs.pop("subfolder", None)
-            model = super().from_pretrained(view, *args, **kwargs)
-        model.config._name_or_path = str(pretrained_model_name_or_path)
-        return model
 
     def forward(
         self,
