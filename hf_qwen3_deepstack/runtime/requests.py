@@ -37,9 +37,12 @@ def load_requests(path: str | os.PathLike) -> list[Request]:
         if not line.strip():
             continue
         req = parse_request_line(line, index=len(requests), line_no=line_no)
-        if req.error is None and req.id in seen:
-            req.error = f"duplicate request id {req.id!r} (line {line_no})"
+        if req.id in seen:  # results are keyed by id: a second one gets a unique id and an error
+            dup = f"duplicate request id {req.id!r} on line {line_no}"
+            req.error = dup if req.error is None else f"{dup}; {req.error}"
             req.id = f"{req.id}#line{line_no}"
+            while req.id in seen:
+                req.id += "'"
         seen.add(req.id)
         requests.append(req)
     return requests
