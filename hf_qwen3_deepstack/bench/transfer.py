@@ -1,0 +1,331 @@
+"""`bench transfer`: our chunked send/recv against raw `dist.send` on 2 gloo ranks (loopback).
+
+For each payload size it measures, on the receiving rank, (a) our `send`/`recv` throughput with
+one chunk per request (capacity = whole request) and (b) chunked (capacity = 1/4 of the
+request's tokens), (c) raw `dist.send` of one contiguous tensor of the same bytes, and 64 KB
+one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock).
+Payload: an all-image request (N visual tokens, + N/8 text tokens) with K deepstack levels of
+width H in bf16. Prints a markdown table; writes a PNG chart when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+DEFAULT_SIZES = "64K,256K,1M,4M,8M,16M,64M"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="payload sizes, e.g. 64K,1M,64M")
+    parser.add_argument("--hidden-size", type=int, default=2048, help="H (2048: Qwen3-VL-30B-A3B)")
+    parser.add_argument("--deepstack-levels", type=int, default=3, help="K")
+    parser.add_argument("--bytes-per-point", type=float, default=192e6,
+                        help="bytes moved per measurement (sets the repeat count)")
+    parser.add_argument("--latency-iters", type=int, default=200)
+    parser.add_argument("--out", default="bench_transfer", help="output prefix for .md and .png")
+    parser.add_argument("--port", type=int, default=0, help="rendezvous port (0: pick a free one)")
+
+
+def _parse_size(s: str) -> int:
+    s = s.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1], 1)
+    return int(float(s[:-1] if s[-1] in "KMG" else s) * mult)
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n >> 20} MB" if n >= 1 << 20 else f"{n >> 10} KB"
+
+
+def make_payload(nbytes: int, hidden: int, levels: int, dtype=torch.bfloat16):
+    """An EncoderOutput whose wire payload is about `nbytes`: N visual + N/8 + 4 text tokens."""
+    from ..encoder_output import EncoderOutput
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_visual = (1 + levels) * hidden * itemsize + 40
+    n = max(1, round(nbytes / (per_visual + 40 / 8)))
+    s = n + n // 8 + 4
+    ids = torch.randint(0, 1000, (1, s))
+    image_id = 151655
+    ids[0, 2 : 2 + n] = image_id
+    g = torch.Generator().manual_seed(0)
+    return EncoderOutput(
+        input_ids=ids,
+        position_ids=torch.arange(s).expand(3, 1, s).contiguous(),
+        rope_deltas=torch.zeros(1, 1, dtype=torch.int64),
+        visual_embeds=torch.randn(n, hidden, generator=g).to(dtype),
+        deepstack_visual_embeds=torch.randn(levels, n, hidden, generator=g).to(dtype),
+        attention_mask=torch.ones(1, s, dtype=torch.int64),
+        image_token_id=image_id,
+    )
+
+
+def wire_payload_bytes(out) -> int:
+    t = out.input_ids.numel()
+    rows = out.num_visual_tokens * (1 + out.num_deepstack_levels) * out.hidden_size * out.visual_embeds.element_size()
+    return 8 * out.batch_size + t * 8 * (4 + (out.attention_mask is not None)) + rows
+
+
+def _repeats(nbytes: int, budget: float) -> int:
+    return max(3, min(300, math.ceil(budget / nbytes)))
+
+
+def _ours(rank: int, out, capacity: int, reps: int, tag: int) -> float | None:
+    """Receiver-side seconds for `reps` requests (after one warm-up request)."""
+    import torch.distributed as dist
+
+    from ..transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=120, max_in_flight=4, tag=tag)
+        tx.send(0, out)
+        dist.barrier()
+        handles = [tx.isend(i + 1, out) for i in range(reps)]
+        for h in handles:
+            h.wait()
+        tx.close()
+        return None
+    rx = EncoderOutputReceiver(0, capacity_tokens=capacity, timeout=120, tag=tag,
+                               hidden_size=out.hidden_size, num_deepstack_levels=out.num_deepstack_levels,
+                               dtype=out.visual_embeds.dtype)
+    rx.recv()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        rx.recv()
+    dt = time.perf_counter() - t0
+    rx.close()
+    return dt
+
+
+def _raw(rank: int, nbytes: int, reps: int) -> float | None:
+    import torch.distributed as dist
+
+    x = torch.zeros(nbytes, dtype=torch.uint8)
+    if rank == 0:
+        dist.send(x, 1)
+        dist.barrier()
+        for _ in range(reps):
+            dist.send(x, 1)
+        return None
+    dist.recv(x, 0)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        dist.recv(x, 0)
+    return time.perf_counter() - t0
+
+
+def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
+    """Raw one-way latency: rank 0 stamps, sends the stamp, then the message."""
+    import torch.distributed as dist
+
+    x = torch.zeros(nbytes, dtype=torch.uint8)
+    stamp = torch.zeros(1, dtype=torch.float64)
+    go = torch.zeros(1, dtype=torch.float64)
+    if rank == 0:
+        for _ in range(iters):
+            dist.recv(go, 1)
+            stamp[0] = time.perf_counter()
+            dist.send(x, 1)
+            dist.send(stamp, 1)
+        return None
+    lat = []
+    for _ in range(iters):
+        dist.send(go, 0)
+        dist.recv(x, 0)
+        t1 = time.perf_counter()
+        dist.recv(stamp, 0)
+        lat.append(t1 - float(stamp[0]))
+    return statistics.median(lat)
+
+
+def _latency_ours(rank: int, out, iters: int, tag: int) -> float | None:
+    import torch.distributed as dist
+
+    from ..transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    stamp = torch.zeros(1, dtype=torch.float64)
+    go = torch.zeros(1, dtype=torch.float64)
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=60, tag=tag)
+        for i in range(iters):
+            dist.recv(go, 1)
+            stamp[0] = time.perf_counter()
+            tx.send(i, out)
+            dist.send(stamp, 1)
+        tx.close()
+        return None
+    rx = EncoderOutputReceiver(0, capacity_tokens=max(1, out.input_ids.numel()), timeout=60, tag=tag)
+    rx.poll()  # post the first pull, as a serving receiver would have
+    lat = []
+    for _ in range(iters):
+        dist.send(go, 0)
+        rx.recv()
+        t1 = time.perf_counter()
+        dist.recv(stamp, 0)
+        lat.append(t1 - float(stamp[0]))
+    rx.close()
+    return statistics.median(lat)
+
+
+def _worker(rank: int, port: int, cfg: dict, results) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    if os.environ.get("SWI"): sys.setswitchinterval(float(os.environ["SWI"]))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=300))
+    dist.barrier()
+    rows = []
+    tag = 200
+    for size in cfg["sizes"]:
+        out = make_payload(size, cfg["hidden"], cfg["levels"])
+        nbytes = wire_payload_bytes(out)
+        total = out.input_ids.numel()
+        reps = _repeats(nbytes, cfg["budget"])
+        tag += 10
+        single = _ours(rank, out, total, reps, tag)
+        tag += 10
+        chunked = _ours(rank, out, math.ceil(total / 4), reps, tag)
+        raw = _raw(rank, nbytes, reps)
+        if rank == 1:
+            rows.append(dict(size=size, nbytes=nbytes, tokens=total, visual=out.num_visual_tokens, reps=reps,
+                             single=nbytes * reps / single, chunked=nbytes * reps / chunked, raw=nbytes * reps / raw))
+    out = make_payload(64 << 10, cfg["hidden"], cfg["levels"])
+    tag += 10
+    lat_ours = _latency_ours(rank, out, cfg["latency_iters"], tag)
+    lat_raw = _latency_raw(rank, wire_payload_bytes(out), cfg["latency_iters"])
+    wire = _typical_prompt_wire(rank, cfg, tag + 10)
+    dist.barrier()
+    if rank == 1:
+        results.put(dict(rows=rows, lat_ours=lat_ours, lat_raw=lat_raw, wire=wire))
+    dist.destroy_process_group()
+
+
+def _typical_prompt_wire(rank: int, cfg: dict, tag: int) -> list[dict] | None:
+    """Measured bytes on the wire for a typical prompt (one 1024x1024 image = 1024 visual tokens
+    + 100 text tokens), vs the seeds' full-sequence layout S x (1+K) x H x 2 bytes."""
+    import torch.distributed as dist
+
+    from ..encoder_output import EncoderOutput
+    from ..transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    n, s = 1024, 1124
+    rows = []
+    for name, hidden in (("Qwen3-VL-30B-A3B", 2048), ("Qwen3-VL-235B-A22B", 4096)):
+        levels = cfg["levels"]
+        ids = torch.randint(0, 1000, (1, s))
+        ids[0, 10 : 10 + n] = 151655
+        out = EncoderOutput(ids, torch.zeros(3, 1, s, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
+                            torch.zeros(n, hidden, dtype=torch.bfloat16),
+                            torch.zeros(levels, n, hidden, dtype=torch.bfloat16),
+                            torch.ones(1, s, dtype=torch.int64), image_token_id=151655)
+        for cap in (s, 512):
+            if rank == 0:
+                tx = EncoderOutputSender(1, timeout=60, tag=tag)
+                tx.send(0, out)
+                tx.close()
+                dist.send(torch.tensor([tx.stats.bytes_sent]), 1)
+            else:
+                rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=60, tag=tag)
+                rx.recv()
+                ctrl = rx.ctrl_bytes_sent
+                rx.close()
+                sent = torch.zeros(1, dtype=torch.int64)
+                dist.recv(sent, 0)
+                rows.append(dict(model=name, hidden=hidden, cap=cap, ours=int(sent) + ctrl,
+                                 payload=wire_payload_bytes(out), seeds=s * (1 + levels) * hidden * 2))
+            tag += 10
+    return rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def render(res: dict, cfg: dict) -> str:
+    lines = [
+        f"Payload: 1 image request, N visual tokens + N/8 text tokens, H={cfg['hidden']}, K={cfg['levels']}, bf16; "
+        "2 gloo ranks on loopback; GB/s = 1e9 bytes/s measured at the receiver.",
+        "",
+        "| payload | tokens | ours single-chunk GB/s | ours chunked (cap = 1/4) GB/s | raw dist.send GB/s "
+        "| single / raw | chunked / raw |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {_fmt_size(r['size'])} | {r['tokens']} | {r['single'] / 1e9:.2f} | {r['chunked'] / 1e9:.2f} "
+            f"| {r['raw'] / 1e9:.2f} | {r['single'] / r['raw']:.2f} | {r['chunked'] / r['raw']:.2f} |")
+    lo, lr = res["lat_ours"], res["lat_raw"]
+    lines += ["", f"64 KB one-way latency (median): ours {lo * 1e6:.0f} us, raw dist.send {lr * 1e6:.0f} us, "
+                  f"ratio {lo / lr:.2f}", "",
+              "Bytes on the wire per request, typical prompt (1 image = 1024 visual tokens, S = 1124, bf16, "
+              f"K={cfg['levels']}); ours = headers + control + ids/positions/mask + visual rows:", "",
+              "| model (H) | capacity | ours bytes | of which data | seeds' layout S x (1+K) x H x 2 | ours / seeds |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for w in res["wire"]:
+        lines.append(f"| {w['model']} ({w['hidden']}) | {w['cap']} | {w['ours']:,} | {w['payload']:,} "
+                     f"| {w['seeds']:,} | {w['ours'] / w['seeds']:.3f} |")
+    return "\n".join(lines)
+
+
+def chart(res: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = res["rows"]
+    xs = [r["size"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("raw", "raw dist.send"), ("single", "ours, 1 chunk"), ("chunked", "ours, 4 chunks")):
+        ax.plot(xs, [r[key] / 1e9 for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [_fmt_size(x) for x in xs])
+    ax.set_xlabel("payload")
+    ax.set_ylabel("GB/s")
+    ax.set_title("EncoderOutput transfer over gloo (loopback)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch.multiprocessing as mp
+
+    cfg = dict(sizes=[_parse_size(s) for s in args.sizes.split(",")], hidden=args.hidden_size,
+               levels=args.deepstack_levels, budget=args.bytes_per_point, latency_iters=args.latency_iters)
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = args.port or _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, cfg, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    res = results.get(timeout=1800)
+    for p in procs:
+        p.join(60)
+    table = render(res, cfg)
+    print(table)
+    with open(args.out + ".md", "w") as f:
+        f.write(table + "\n")
+    if chart(res, args.out + ".png"):
+        print(f"\nchart: {args.out}.png")
+    else:
+        print("\n(matplotlib not installed: no chart; `pip install hf-qwen3-deepstack[bench]`)", file=sys.stderr)
+    return 0
