@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..encoder_output import EncoderOutput
-from ._wait import block_on, is_cuda
+from ._wait import Pending, Waiter, block_on, is_cuda
 from .chunking import SendPlan
 from .protocol import (
     CONTROL_WORDS,
@@ -125,17 +125,19 @@ class EncoderOutputSender:
         self.device = torch.device(device) if device is not None else None
         self.on_chunk = on_chunk
         self.stats = SenderStats()
-        self._cond = threading.Condition()
+        # One re-entrant lock guards the state and the issuing of sends: chunks go out either from
+        # the control-reader thread (answering a pull) or from `isend` itself (answering a pull
+        # that was waiting for a request): no hand-off between threads on the critical path.
+        self._cond = threading.Condition(threading.RLock())
         self._requests: dict[int, _Request] = {}
         self._unstarted: collections.deque[_Request] = collections.deque()
-        self._ctrl: collections.deque[Control | BaseException] = collections.deque()
         self._pending_next: Control | None = None
         self._closing = False
         self._dead: BaseException | None = None
+        self._sends: list[Pending] = []  # issued sends not yet known complete
+        self._send_waiter = Waiter(f"tx-send-{peer}", cuda=is_cuda(self.device))
         self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
-        self._worker = threading.Thread(target=self._work_loop, name=f"tx-work-{peer}", daemon=True)
         self._reader.start()
-        self._worker.start()
 
     # counters, as attributes for convenience
     @property
@@ -181,6 +183,12 @@ class EncoderOutputSender:
             req = _Request(request_id, plan, handle)
             self._requests[request_id] = req
             self._unstarted.append(req)
+            if self._pending_next is not None:  # the receiver is waiting: answer from here
+                ctrl, self._pending_next = self._pending_next, None
+                try:
+                    self._answer_next(ctrl)
+                except BaseException as e:  # noqa: BLE001
+                    self._fail_all(_as_transfer_error(e, self.peer))
             self._cond.notify_all()
         return handle
 
@@ -205,9 +213,15 @@ class EncoderOutputSender:
         finally:
             with self._cond:
                 self._closing = True
+                if self._pending_next is not None and self._dead is None:
+                    self._pending_next = None
+                    try:
+                        self._send_header(ChunkHeader(kind=KIND_BYE))
+                    except BaseException:  # noqa: BLE001 - best effort on shutdown
+                        pass
                 self._cond.notify_all()
-            self._worker.join(timeout)
-            self._reader.join(max(0.1, timeout / 10))
+            self._reader.join(timeout)  # returns when the receiver's close() arrives
+            self._send_waiter.stop()
 
     def __enter__(self) -> "EncoderOutputSender":
         return self
@@ -218,40 +232,24 @@ class EncoderOutputSender:
     # ------------------------------------------------------------------ threads
     def _read_loop(self) -> None:
         cuda = is_cuda(self.device)
-        while True:
-            buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
-            try:
-                work = dist.irecv(buf, src=self.peer, group=self.group, tag=self.ctrl_tag)
-                block_on(work, cuda)
-                msg: Control | BaseException = Control.from_tensor(buf.cpu())
-            except BaseException as e:  # noqa: BLE001 - handed to the worker
-                msg = e
-            with self._cond:
-                self._ctrl.append(msg)
-                self._cond.notify_all()
-            if not isinstance(msg, Control) or msg.kind == KIND_CLOSE:
-                return
-
-    def _work_loop(self) -> None:
         try:
             while True:
+                buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
+                work = dist.irecv(buf, src=self.peer, group=self.group, tag=self.ctrl_tag)
+                block_on(work, cuda)
+                ctrl = Control.from_tensor(buf.cpu())
                 with self._cond:
-                    while not self._ctrl and not (
-                        self._pending_next is not None and (self._unstarted or self._closing)
-                    ):
-                        self._cond.wait()
-                    msg = self._ctrl.popleft() if self._ctrl else None
-                if msg is None:  # a pending NEXT pull can be answered now
-                    ctrl, self._pending_next = self._pending_next, None
-                    self._answer_next(ctrl)
-                    continue
-                if isinstance(msg, BaseException):
-                    raise msg
-                if self._handle(msg):
-                    return
+                    self._check_sends()
+                    if self._handle(ctrl):
+                        return
         except BaseException as e:  # noqa: BLE001 - fails every waiting handle
-            self._fail_all(TransferError(f"channel to rank {self.peer} failed: {e}") if not isinstance(
-                e, TransferError) else e)
+            self._fail_all(_as_transfer_error(e, self.peer))
+
+    def _check_sends(self) -> None:
+        for p in self._sends:
+            if p.done() and p.error is not None:
+                raise p.error
+        self._sends = [p for p in self._sends if not p.done()]
 
     def _handle(self, ctrl: Control) -> bool:
         """Process one control message; True when the worker should exit."""
@@ -273,10 +271,9 @@ class EncoderOutputSender:
             self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_CONTROL)
             return False
         if ctrl.request_id == NEXT:
-            with self._cond:
-                if not self._unstarted and not self._closing:
-                    self._pending_next = ctrl
-                    return False
+            if not self._unstarted and not self._closing:
+                self._pending_next = ctrl  # answered by the next isend (or BYE at close)
+                return False
             self._answer_next(ctrl)
             return False
         return self._answer_pull(ctrl)
@@ -345,9 +342,6 @@ class EncoderOutputSender:
             self.on_chunk(req.request_id, offset, h.token_count)
         msgs = req.plan.messages(h)
         works = [self._isend(h.to_tensor()), *(self._isend(m) for m in msgs)]
-        cuda = is_cuda(self.device)
-        for w in works:
-            block_on(w, cuda)
         nbytes = sum(m.numel() * m.element_size() for m in msgs)
         s = self.stats
         s.payload_bytes_sent += nbytes
@@ -362,17 +356,24 @@ class EncoderOutputSender:
         req.chunk_index += 1
 
     def _send_header(self, h: ChunkHeader) -> None:
-        block_on(self._isend(h.to_tensor()), is_cuda(self.device))
+        self._isend(h.to_tensor())
         self.stats.header_bytes_sent += HEADER_WORDS * 8
         self.stats.bytes_sent += HEADER_WORDS * 8
 
     def _send_error(self, request_id: int, offset: int, code: int) -> None:
         self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
 
-    def _isend(self, t: torch.Tensor):
+    def _isend(self, t: torch.Tensor) -> Pending:
+        """Post a send; its completion is tracked by the send-waiter thread (which keeps `t` alive)."""
         if self.device is not None and t.device != self.device:
             t = t.to(self.device)
-        return dist.isend(t, dst=self.peer, group=self.group, tag=self.data_tag)
+        p = self._send_waiter.submit(dist.isend(t, dst=self.peer, group=self.group, tag=self.data_tag), keep=t)
+        self._sends.append(p)
+        return p
+
+
+def _as_transfer_error(e: BaseException, peer: int) -> TransferError:
+    return e if isinstance(e, TransferError) else TransferError(f"channel to rank {peer} failed: {e}")
 
 
 __all__ = ["EncoderOutputSender", "SendHandle", "SenderStats", "ERROR_NAMES"]
