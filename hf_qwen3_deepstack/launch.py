@@ -29,17 +29,29 @@ _STATE = {"who": "rank ?"}
 
 
 def _install_signal_watcher() -> None:
-    """Block termination signals in this (and every later) thread; one thread waits for them and
-    exits the process with a message, so a rank stuck in a C++ wait still stops immediately."""
-    sigs = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    """End this rank at once, with a message, on SIGTERM (torchrun stopping the job because another
+    rank failed), SIGINT (Ctrl-C) or SIGHUP, even while the main thread is blocked inside a gloo /
+    NCCL wait where a Python handler would never run: the C-level handler writes the signal number
+    to a wakeup pipe (whichever thread received it), and a watcher thread reads it and exits."""
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    for sig in sigs:
+        signal.signal(sig, lambda *_: None)
 
     def watch() -> None:
-        sig = signal.sigwait(sigs)
-        name = signal.Signals(sig).name
-        why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "another rank failed or the job was stopped"
-        print(f"{PREFIX} {_STATE['who']}: stopping on {name}: {why}", file=sys.stderr, flush=True)
-        os._exit(128 + sig)
+        while True:
+            data = os.read(r, 1)
+            if not data:
+                return
+            sig = data[0]
+            if sig not in sigs:
+                continue
+            name = signal.Signals(sig).name
+            why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "another rank failed or the job was stopped"
+            print(f"{PREFIX} {_STATE['who']}: stopping on {name}: {why}", file=sys.stderr, flush=True)
+            os._exit(128 + sig)
 
     threading.Thread(target=watch, name="signal-watcher", daemon=True).start()
 

@@ -12,6 +12,13 @@ import uuid
 from .options import add_runtime_arguments, forward_argv
 
 PREFIX = "[hf-qwen3-deepstack]"
+# `python -m hf_qwen3_deepstack.launch`, except that Ctrl-C during the (slow) imports ends the rank
+# quietly instead of printing a KeyboardInterrupt traceback per rank. Once running, the rank
+# installs its own handlers (launch._install_signal_watcher).
+_BOOTSTRAP = (
+    "import os, runpy, signal; signal.signal(signal.SIGINT, lambda *_: os._exit(130)); "
+    "runpy.run_module('hf_qwen3_deepstack.launch', run_name='__main__', alter_sys=True)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +55,19 @@ def launch(args: argparse.Namespace, *, quiet_agent: bool = True) -> int:
         monitor_interval=0.1,
         start_method="spawn",
     )
-    cmd_args = ["-u", "-m", "hf_qwen3_deepstack.launch", *forward_argv(args)]
+    cmd_args = ["-u", "-c", _BOOTSTRAP, *forward_argv(args)]
     try:
         elastic_launch(config, sys.executable)(*cmd_args)
     except ChildFailedError as e:
         lines = []
         for rank, failure in sorted(e.failures.items()):
-            how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-            lines.append(f"rank {rank} ({_role(rank, args)}) failed with {how}")
+            if failure.exitcode < 0:
+                how = f"failed with signal {failure.signal_name()}"
+            elif failure.exitcode > 128:
+                how = f"stopped on {_signal_name(failure.exitcode - 128)}"
+            else:
+                how = f"failed with exit code {failure.exitcode}"
+            lines.append(f"rank {rank} ({_role(rank, args)}) {how}")
         print(f"{PREFIX} job failed: " + "; ".join(lines) + ". The other ranks were stopped.",
               file=sys.stderr, flush=True)
         return 1
@@ -64,10 +76,22 @@ def launch(args: argparse.Namespace, *, quiet_agent: bool = True) -> int:
         return 130
     except Exception as e:
         if type(e).__name__ == "SignalException":
-            print(f"{PREFIX} stopped by {e}: all ranks stopped", file=sys.stderr, flush=True)
+            sig = getattr(e, "sigval", None)
+            name = getattr(sig, "name", str(sig))
+            what = "interrupted (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
+            print(f"{PREFIX} {what}: all ranks stopped", file=sys.stderr, flush=True)
             return 130
         raise
     return 0
+
+
+def _signal_name(num: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
 
 
 def _role(rank: int, args) -> str:
