@@ -83,3 +83,29 @@ def test_receiver_takes_requests_from_whichever_sender_is_ready():
     _, _, seen = run_ranks(_fan_in, world_size=3, timeout=120)
     assert seen[0] == list(range(PER_SENDER))
     assert seen[1] == list(range(PER_SENDER))
+
+
+def _recycled(rank):
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=30)
+        for i in range(6):
+            tx.send(i, _request(i))
+        tx.close()
+        return None
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=30)
+    ptrs = []
+    for _ in range(6):
+        rid, out = rx.recv()
+        assert_same(out, _request(rid), f"request {rid}")
+        ptrs.append(out.visual_embeds.untyped_storage().data_ptr() if out.num_visual_tokens else None)
+        rx.recycle(out)
+    rx.close()
+    return ptrs
+
+
+def test_recycled_results_are_reused_and_still_exact():
+    _, ptrs = run_ranks(_recycled, timeout=60)
+    seen = [p for p in ptrs if p is not None]
+    assert len(set(seen)) < len(seen)  # some later result reused a recycled buffer

@@ -223,10 +223,15 @@ def split_ints(ints: torch.Tensor, h: ChunkHeader) -> IntParts:
     return IntParts(rope, ids, pos, mask)
 
 
-def empty_result(h: ChunkHeader, device: torch.device) -> EncoderOutput:
-    """Allocate the assembled EncoderOutput described by first-chunk header `h`."""
+def empty_result(h: ChunkHeader, device: torch.device, embed_buffer: torch.Tensor | None = None) -> EncoderOutput:
+    """Allocate the assembled EncoderOutput described by first-chunk header `h`. Visual rows and
+    deepstack share one flat buffer: `embed_buffer` (uint8, large enough) when given, else fresh."""
     b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_deepstack_levels, h.hidden_size
     dtype = CODE_DTYPES[h.embed_dtype]
+    nbytes = (1 + k) * n * hid * torch.empty((), dtype=dtype).element_size()
+    if embed_buffer is None or embed_buffer.numel() < nbytes:
+        embed_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    flat = embed_buffer[:nbytes].view(dtype)
     mask = None
     if h.mask_dtype != NONE_ID:
         mask = torch.empty(b, s, dtype=CODE_DTYPES[h.mask_dtype], device=device)
@@ -234,8 +239,8 @@ def empty_result(h: ChunkHeader, device: torch.device) -> EncoderOutput:
         input_ids=torch.empty(b, s, dtype=torch.int64, device=device),
         position_ids=torch.empty(3, b, s, dtype=torch.int64, device=device),
         rope_deltas=torch.empty(b, 1, dtype=torch.int64, device=device),
-        visual_embeds=torch.empty(n, hid, dtype=dtype, device=device),
-        deepstack_visual_embeds=torch.empty(k, n, hid, dtype=dtype, device=device),
+        visual_embeds=flat[: n * hid].view(n, hid),
+        deepstack_visual_embeds=flat[n * hid :].view(k, n, hid),
         attention_mask=mask,
         image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
         video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id,

@@ -151,6 +151,8 @@ class EncoderOutputReceiver:
         self._rr = 0
         self._active: _Active | None = None
         self._staging: torch.Tensor | None = None
+        self._pool: torch.Tensor | None = None  # a recycled embedding buffer (see recycle())
+        self._owned: dict[int, None] = {}  # storage pointers of recent results (ordered set)
         self.last_peer: int | None = None
         self.bytes_received = 0  # headers + data
         self.payload_bytes_received = 0
@@ -194,6 +196,22 @@ class EncoderOutputReceiver:
         act = self._active or self._start(deadline, "stream")
         self._check_mode(act, "stream")
         return self._stream(act, deadline)
+
+    def recycle(self, output: EncoderOutput) -> None:
+        """Hand back a result of `recv()` that you no longer use (e.g. after prefill): its embedding
+        memory is reused by the next `recv()`, which then avoids page-faulting fresh memory (for a
+        64 MB request that costs about as much as the transfer itself). Do not touch `output`'s
+        embeddings afterwards. One buffer is kept (the largest handed back)."""
+        key = output.visual_embeds.untyped_storage().data_ptr()
+        if self._owned.pop(key, None) is None:
+            return
+        buf = torch.empty(0, dtype=torch.uint8, device=self.device).set_(output.visual_embeds.untyped_storage())
+        if self._pool is None or buf.numel() > self._pool.numel():
+            self._pool = buf
+
+    def _take_pooled(self, h: ChunkHeader) -> torch.Tensor | None:
+        buf, self._pool = self._pool, None
+        return buf
 
     def poll(self) -> bool:
         """Non-blocking: True if `recv()` has something to work on (a chunk header arrived or a
@@ -260,7 +278,11 @@ class EncoderOutputReceiver:
                 continue
             self._validate_first(ch, h)
             rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
-            result = empty_result(h, self.device) if mode == "recv" else None
+            result = None
+            if mode == "recv":
+                result = empty_result(h, self.device, self._take_pooled(h))
+                if result.visual_embeds.untyped_storage().nbytes():
+                    self._owned[result.visual_embeds.untyped_storage().data_ptr()] = None
             if result is not None:
                 rope = result.rope_deltas
             self._active = _Active(ch, h.request_id, h, mode, result, rope, header=h)
@@ -467,6 +489,8 @@ class EncoderOutputReceiver:
         if h.last:
             self._active = None
             self.requests_received += 1
+            if len(self._owned) > 64:  # results never recycled: forget the oldest
+                self._owned.pop(next(iter(self._owned)))
             # final ack + pull of the next request in one message (prefetch)
             self._pull(ch, Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens,
                                    done_request_id=act.request_id, done_total=act.first.total_tokens))
