@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -78,6 +79,12 @@ class Context:
         import torch.distributed as dist
 
         dist.barrier(group=self.groups.ctrl)
+        self._t_ready = (time.perf_counter(), time.process_time())
+
+    def log_done(self, handled: int) -> None:
+        wall0, cpu0 = getattr(self, "_t_ready", (time.perf_counter(), time.process_time()))
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        self.log(f"done: {handled} requests in {wall:.2f} s, CPU {cpu:.2f} s ({100 * cpu / max(wall, 1e-9):.0f}%)")
 
 
 def run_rank(args: argparse.Namespace) -> int:

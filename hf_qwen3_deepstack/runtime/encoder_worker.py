@@ -80,4 +80,5 @@ def run_encoder(ctx) -> None:
     while inflight:
         _wait(inflight.popleft())
     outbox.close()
+    ctx.log_done(len(mine))
     faults.maybe_die(roles.rank, len(mine))

@@ -77,6 +77,7 @@ def run_lm(ctx) -> None:
                                groups.results)
     faults.maybe_die(roles.rank, len(mine))
     inbox.close()
+    ctx.log_done(len(mine))
 
     if writer is not None:
         if collector is not None:
