@@ -29,6 +29,7 @@ def run_lm(ctx) -> None:
         writer = ResultWriter(
             args.output, total=len(requests), progress=not args.no_progress,
             stream=sys.stdout if args.print_results else None,
+            json_stream=sys.stdout if args.output is None and not args.print_results else None,
         )
         remote = len(requests) - len(mine)
         if remote:
@@ -88,7 +89,8 @@ def run_lm(ctx) -> None:
         if missing:  # cannot happen when every rank finishes; say so loudly if it does
             print(f"[hf-qwen3-deepstack] ERROR: no result for {len(missing)} request(s): {missing[:10]}",
                   file=sys.stderr)
-        print(format_summary(summary), flush=True)
+        # without --output the result lines own stdout (`run ... > results.jsonl`): summary to stderr
+        print(format_summary(summary), file=sys.stderr if writer.json_stream else sys.stdout, flush=True)
         if args.summary_json:
             with open(args.summary_json, "w") as f:
                 json.dump(summary, f, indent=1)

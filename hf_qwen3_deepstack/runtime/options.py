@@ -10,7 +10,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required:
     g.add_argument("--model", default=None,
                    help="checkpoint directory or Hub id (default: the embedded tiny Qwen3-VL-MoE, built once and cached)")
     g.add_argument("--requests", required=requests_required, help="JSONL file, one request per line")
-    g.add_argument("--output", default=None, help="JSONL file for result lines (written by the language leader)")
+    g.add_argument("--output", default=None, help="JSONL file for result lines, written by the language leader (default: stdout)")
     g.add_argument("--encoders", type=int, default=1, help="E: number of encoder ranks (global ranks 0..E-1)")
     g.add_argument("--lms", type=int, default=1, help="L: number of language ranks (global ranks E..E+L-1)")
     g.add_argument("--max-new-tokens", type=int, default=32,

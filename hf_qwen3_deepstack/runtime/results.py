@@ -51,9 +51,11 @@ def percentile(values: list[float], q: float) -> float:
 class ResultWriter:
     """Writes result lines (one flush per line), drives the progress bar, builds the summary."""
 
-    def __init__(self, path: str | None, total: int, *, progress: bool = True, stream: IO[str] | None = None):
+    def __init__(self, path: str | None, total: int, *, progress: bool = True, stream: IO[str] | None = None,
+                 json_stream: IO[str] | None = None):
         self.total = total
         self.file = open(path, "w", encoding="utf-8") if path else None
+        self.json_stream = json_stream  # result lines here when there is no output file (stdout)
         self.stream = stream  # echo results here too (demo / no --output)
         self.results: list[dict[str, Any]] = []
         self.ids: set[str] = set()
@@ -90,6 +92,9 @@ class ResultWriter:
         if self.file is not None:
             self.file.write(line + "\n")
             self.file.flush()
+        if self.json_stream is not None:
+            self.json_stream.write(line + "\n")
+            self.json_stream.flush()
         if self.stream is not None:
             self.stream.write(format_result(result) + "\n")
             self.stream.flush()
