@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bytes-per-point", type=float, default=192e6,
                         help="bytes moved per measurement (sets the repeat count)")
     parser.add_argument("--latency-iters", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size (best is kept)")
     parser.add_argument("--out", default="bench_transfer", help="output prefix for .md and .png")
     parser.add_argument("--port", type=int, default=0, help="rendezvous port (0: pick a free one)")
 
@@ -194,17 +195,24 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
         out = make_payload(size, cfg["hidden"], cfg["levels"])
         nbytes = wire_payload_bytes(out)
         total = out.input_ids.numel()
-        reps = _repeats(nbytes, cfg["budget"])
-        tag += 10
-        single = _ours(rank, out, total, reps, tag)
-        tag += 10
-        fresh = _ours(rank, out, total, reps, tag, recycle=False)
-        tag += 10
-        chunked = _ours(rank, out, math.ceil(total / 4), reps, tag)
-        raw = _raw(rank, nbytes, reps)
+        reps = max(2, _repeats(nbytes, cfg["budget"]) // cfg["rounds"])
+        best = {"single": 0.0, "fresh": 0.0, "chunked": 0.0, "raw": 0.0}
+        # methods interleaved, best of `rounds` rounds: the host may be shared, this tames the noise
+        for _ in range(cfg["rounds"]):
+            times = {}
+            tag += 10
+            times["raw"] = _raw(rank, nbytes, reps)
+            times["single"] = _ours(rank, out, total, reps, tag)
+            tag += 10
+            times["chunked"] = _ours(rank, out, math.ceil(total / 4), reps, tag + 5)
+            tag += 10
+            times["fresh"] = _ours(rank, out, total, reps, tag + 5, recycle=False)
+            if rank == 1:
+                for k, t in times.items():
+                    best[k] = max(best[k], nbytes * reps / t)
         if rank == 1:
             rows.append(dict(size=size, nbytes=nbytes, tokens=total, visual=out.num_visual_tokens, reps=reps,
-                             single=nbytes * reps / single, fresh=nbytes * reps / fresh, chunked=nbytes * reps / chunked, raw=nbytes * reps / raw))
+                             **best))
     out = make_payload(64 << 10, cfg["hidden"], cfg["levels"])
     tag += 10
     lat_ours = _latency_ours(rank, out, cfg["latency_iters"], tag)
@@ -264,7 +272,7 @@ def _free_port() -> int:
 def render(res: dict, cfg: dict) -> str:
     lines = [
         f"Payload: 1 image request, N visual tokens + N/8 text tokens, H={cfg['hidden']}, K={cfg['levels']}, bf16; "
-        "2 gloo ranks on loopback; GB/s = 1e9 bytes/s measured at the receiver. ours = `recv()` + "
+        "2 gloo ranks on loopback; GB/s = 1e9 bytes/s measured at the receiver, best of interleaved rounds. ours = `recv()` + "
         "`recycle()` of the previous result (serving steady state); the last column allocates fresh result "
         "tensors per request (page faults) -- raw dist.send reuses one buffer.",
         "",
@@ -318,7 +326,8 @@ def main(args: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
     cfg = dict(sizes=[_parse_size(s) for s in args.sizes.split(",")], hidden=args.hidden_size,
-               levels=args.deepstack_levels, budget=args.bytes_per_point, latency_iters=args.latency_iters)
+               levels=args.deepstack_levels, budget=args.bytes_per_point, latency_iters=args.latency_iters,
+               rounds=args.rounds)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = args.port or _free_port()

@@ -45,7 +45,9 @@ request, whose values then become the expectations). A chunk never exceeds `capa
 tokens, so staging never holds more than that of a request. `recv_chunks()` yields views into the
 staging buffer (bounded memory end to end, e.g. for chunked prefill); `recv()` assembles the
 whole request, receiving large embedding blocks straight into the result tensors (saves one
-memcpy) and small ones through staging.
+memcpy) and small ones through staging. `receiver.recycle(output)` hands a consumed result back so
+the next `recv()` reuses its embedding memory instead of page-faulting fresh memory (for large
+requests that costs about as much as the transfer).
 
 Resume semantics
 ----------------
@@ -81,6 +83,12 @@ outstanding per sender and `recv()` takes the first sender whose chunk header ar
 robin among those ready); `receiver.last_peer` says who it was, `EncoderOutputChunk.peer` too.
 `poll()` is a non-blocking "is anything ready". Request ids need only be unique per sender.
 Each encoder rank uses one `EncoderOutputSender` per language rank it serves.
+
+Devices
+-------
+CPU tensors -> gloo, CUDA tensors -> NCCL (same calls). For CUDA pass ``device=`` to both ends
+(the sender's control buffers are allocated before its first request). Completion of CUDA works is
+polled with `is_completed()`; NCCL itself has not been exercised by the tests (CPU-only CI).
 
 Shutdown
 --------
