@@ -83,6 +83,7 @@ class _Request:
     sent_upto: int = 0  # end of the furthest chunk sent
     chunk_index: int = 0
     started: bool = False
+    prepared: tuple | None = None  # (capacity, header, messages) of chunk 0, built in isend()
 
 
 @dataclass
@@ -135,6 +136,7 @@ class EncoderOutputSender:
         self._closing = False
         self._dead: BaseException | None = None
         self._sends: list[Pending] = []  # issued sends not yet known complete
+        self._last_capacity = 0  # the receiver's capacity, learned from its pulls
         self._send_waiter = Waiter(f"tx-send-{peer}", cuda=is_cuda(self.device))
         self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
         self._reader.start()
@@ -160,6 +162,10 @@ class EncoderOutputSender:
         if self.device is None:
             self.device = output.input_ids.device
         handle = SendHandle(request_id, plan.total, self.timeout)
+        prepared = None
+        if self._last_capacity:  # build chunk 0 now, off the critical path of the receiver's pull
+            h0 = plan.header(request_id, 0, 0, self._last_capacity)
+            prepared = (self._last_capacity, h0, plan.messages(h0))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._cond:
             while len(self._requests) >= self.max_in_flight and self._dead is None:
@@ -180,7 +186,7 @@ class EncoderOutputSender:
             if request_id in self._requests or request_id < 0:
                 raise TransferError(f"{req_name(request_id)}: request id already in flight or negative", request_id,
                                     "request_id")
-            req = _Request(request_id, plan, handle)
+            req = _Request(request_id, plan, handle, prepared=prepared)
             self._requests[request_id] = req
             self._unstarted.append(req)
             if self._pending_next is not None:  # the receiver is waiting: answer from here
@@ -337,10 +343,17 @@ class EncoderOutputSender:
 
     # ------------------------------------------------------------------ wire
     def _send_chunk(self, req: _Request, offset: int, capacity: int) -> None:
-        h = req.plan.header(req.request_id, req.chunk_index, offset, capacity)
+        self._last_capacity = capacity
+        prepared, req.prepared = req.prepared, None
+        if prepared is not None and offset == 0 and req.chunk_index == 0 and prepared[0] == capacity:
+            h, msgs = prepared[1], prepared[2]
+        else:
+            h = req.plan.header(req.request_id, req.chunk_index, offset, capacity)
+            msgs = None
         if self.on_chunk is not None:
             self.on_chunk(req.request_id, offset, h.token_count)
-        msgs = req.plan.messages(h)
+        if msgs is None:
+            msgs = req.plan.messages(h)
         works = [self._isend(h.to_tensor()), *(self._isend(m) for m in msgs)]
         nbytes = sum(m.numel() * m.element_size() for m in msgs)
         s = self.stats
