@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     run_args = argparse.Namespace(
         model=str(model), requests=str(requests), output=str(output), encoders=args.encoders, lms=args.lms,
         max_new_tokens=args.max_new_tokens, dtype=args.dtype, capacity_tokens=8192, max_inflight=2,
-        timeout=300.0, threads=args.threads, print_results=True, no_progress=True, quiet=True, summary_json=None,
+        timeout=300.0, threads=args.threads, print_results=True, no_progress=True, quiet=True, summary_json=None, serial=False,
     )
     rc = launch(run_args)
     if rc == 0:

@@ -60,6 +60,19 @@ def recv_any(group) -> Control:
     return unpack(buf)
 
 
+# --- --serial (latency measurements): language rank -> encoder "request finished" -----------------
+def send_finished(index: int, dst: int, group) -> None:
+    dist.send(torch.tensor([MAGIC, index], dtype=torch.int64), dst=dst, group=group)
+
+
+def recv_finished(src: int, group) -> int:
+    buf = torch.empty(2, dtype=torch.int64)
+    dist.recv(buf, src=src, group=group)
+    if int(buf[0]) != MAGIC:
+        raise RuntimeError(f"corrupt 'finished' message from rank {src}")
+    return int(buf[1])
+
+
 # --- result lines: non-leader language rank -> leader (gloo `results` group) ------------------
 def send_bytes(data: bytes, dst: int, group) -> None:
     dist.send(torch.tensor([len(data)], dtype=torch.int64), dst=dst, group=group)

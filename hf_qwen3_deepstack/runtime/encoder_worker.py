@@ -75,6 +75,10 @@ def run_encoder(ctx) -> None:
             works = [control.isend(control.Control(control.ERROR, index, encode_s, roles.rank, error), peer,
                                    groups.ctrl)]
         inflight.append(works)
+        if args.serial:  # latency mode: the next request starts when this one is generated
+            done = control.recv_finished(peer, groups.ctrl)
+            if done != index:
+                raise RuntimeError(f"rank {peer} finished request {done}, expected {index}")
         while len(inflight) > args.max_inflight:
             _wait(inflight.popleft())
     while inflight:

@@ -76,6 +76,8 @@ def run_lm(ctx) -> None:
         else:
             control.send_bytes(json.dumps(result, ensure_ascii=False).encode("utf-8"), roles.lm_leader,
                                groups.results)
+        if args.serial:
+            control.send_finished(msg.index, msg.sender, groups.ctrl)
     faults.maybe_die(roles.rank, len(mine))
     inbox.close()
     ctx.log_done(len(mine))

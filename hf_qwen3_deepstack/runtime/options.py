@@ -27,6 +27,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required:
     g.add_argument("--print-results", action="store_true", help="language leader also prints readable results")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--quiet", action="store_true", help="no per-rank log lines, no transformers warnings/bars")
+    g.add_argument("--serial", action="store_true",
+                   help="one request at a time per encoder: encode the next only when the previous is generated "
+                        "(no overlap; for latency measurements)")
     g.add_argument("--summary-json", default=None, help=argparse.SUPPRESS)
 
 
@@ -38,7 +41,7 @@ def forward_argv(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name, None)
         if value is not None:
             out += ["--" + name.replace("_", "-"), str(value)]
-    for flag in ("print_results", "no_progress", "quiet"):
+    for flag in ("print_results", "no_progress", "quiet", "serial"):
         if getattr(args, flag, False):
             out.append("--" + flag.replace("_", "-"))
     return out
