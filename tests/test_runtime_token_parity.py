@@ -111,12 +111,12 @@ def parity_setup(tiny_checkpoint_dir, sample_images, tmp_path_factory):
     return tiny_checkpoint_dir, req_file, expected
 
 
-@pytest.mark.parametrize("how,e,l", [("run", 1, 1), ("run", 2, 1), ("torchrun", 1, 2)],
-                         ids=["1E+1L-run", "2E+1L-run", "1E+2L-torchrun"])
-def test_token_parity(parity_setup, tmp_path, how, e, l):
+@pytest.mark.parametrize("how,e,l,extra", [("run", 1, 1, ()), ("run", 2, 1, ()), ("torchrun", 1, 2, ("--serial",))],
+                         ids=["1E+1L-run", "2E+1L-run", "1E+2L-torchrun-serial"])
+def test_token_parity(parity_setup, tmp_path, how, e, l, extra):
     ckpt, req_file, expected = parity_setup
     out_file = tmp_path / "results.jsonl"
-    proc = run_runtime(how, e, l, ckpt, req_file, out_file)
+    proc = run_runtime(how, e, l, ckpt, req_file, out_file, *extra)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = read_jsonl(out_file)
     assert sorted(r["id"] for r in results) == sorted(expected), results
