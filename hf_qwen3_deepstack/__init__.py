@@ -4,21 +4,41 @@
     lm = Qwen3MoeForCausalLMWithDeepStack.from_pretrained(full_checkpoint)  # language tensors only
     out = enc.encode(**processor.apply_chat_template(messages, ..., return_dict=True, return_tensors="pt"))
     tokens = lm.generate(**out.lm_inputs(), max_new_tokens=64)
+
+Names are imported lazily: `import hf_qwen3_deepstack.transfer` (or the CLI) does not pay for
+importing transformers' model code.
 """
 
-from .configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
-from .configuration_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnlyConfig
-from .encoder_output import EncoderOutput
-from .modeling_qwen3_moe_deepstack import Qwen3MoeForCausalLMWithDeepStack, Qwen3MoeModelWithDeepStack
-from .modeling_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnly, Qwen3VLMoeEncoderOnlyOutput
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "EncoderOutput",
-    "Qwen3MoeDeepStackConfig",
-    "Qwen3MoeForCausalLMWithDeepStack",
-    "Qwen3MoeModelWithDeepStack",
-    "Qwen3VLMoeEncoderOnly",
-    "Qwen3VLMoeEncoderOnlyConfig",
-    "Qwen3VLMoeEncoderOnlyOutput",
-]
+_EXPORTS = {
+    "EncoderOutput": "encoder_output",
+    "Qwen3MoeDeepStackConfig": "configuration_qwen3_moe_deepstack",
+    "Qwen3VLMoeEncoderOnlyConfig": "configuration_qwen3_vl_moe_encoder_only",
+    "Qwen3MoeForCausalLMWithDeepStack": "modeling_qwen3_moe_deepstack",
+    "Qwen3MoeModelWithDeepStack": "modeling_qwen3_moe_deepstack",
+    "Qwen3VLMoeEncoderOnly": "modeling_qwen3_vl_moe_encoder_only",
+    "Qwen3VLMoeEncoderOnlyOutput": "modeling_qwen3_vl_moe_encoder_only",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
+    from .configuration_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnlyConfig
+    from .encoder_output import EncoderOutput
+    from .modeling_qwen3_moe_deepstack import Qwen3MoeForCausalLMWithDeepStack, Qwen3MoeModelWithDeepStack
+    from .modeling_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnly, Qwen3VLMoeEncoderOnlyOutput
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hf_qwen3_deepstack' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
