@@ -112,6 +112,12 @@ def run_rank(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device()
     backend = "nccl" if device.type == "cuda" else "gloo"
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and local_ranks > torch.cuda.device_count():
+        print(f"{PREFIX} {_STATE['who']}: {local_ranks} ranks on this node but only {torch.cuda.device_count()} "
+              f"visible GPU(s): NCCL needs one GPU per rank (run with CUDA_VISIBLE_DEVICES= to use CPU/gloo)",
+              file=sys.stderr, flush=True)
+        return 2
     timeout = timedelta(seconds=args.timeout)
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     try:
