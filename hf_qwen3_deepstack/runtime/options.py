@@ -18,7 +18,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required:
     g.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
     g.add_argument("--capacity-tokens", type=int, default=8192,
-                   help="receive buffer of each language rank, in visual tokens (larger requests arrive in chunks)")
+                   help="receive buffer of each language rank, in tokens (longer requests arrive in chunks of this size)")
     g.add_argument("--max-inflight", type=int, default=2,
                    help="requests an encoder may have sent but not yet delivered")
     g.add_argument("--timeout", type=float, default=1800.0,
