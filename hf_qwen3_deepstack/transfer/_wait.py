@@ -52,27 +52,33 @@ class Waiter:
         self._thread.start()
 
     def submit(self, work, keep: object = None, nbytes: int = 0) -> Pending:
-        p = Pending(work, keep, nbytes)
-        self._q.put(p)
-        return p
+        return self.submit_many([(work, keep, nbytes)])[0]
+
+    def submit_many(self, items: list[tuple]) -> list[Pending]:
+        """Hand over several already-posted works `(work, keep, nbytes)` in one queue item: the
+        thread is woken once (each wake-up is a GIL hand-off that stalls the posting thread)."""
+        ps = [Pending(w, k, n) for w, k, n in items]
+        self._q.put(ps)
+        return ps
 
     def stop(self) -> None:
         self._q.put(None)
 
     def _run(self) -> None:
         while True:
-            p = self._q.get()
-            if p is None:
+            batch = self._q.get()
+            if batch is None:
                 return
-            try:
-                block_on(p.work, self._cuda)
-            except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
-                p.error = e
-            p.keep = None
-            p.event.set()
-            if self._cond is not None:
-                with self._cond:
-                    self._cond.notify_all()
+            for p in batch:
+                try:
+                    block_on(p.work, self._cuda)
+                except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
+                    p.error = e
+                p.keep = None
+                p.event.set()
+                if self._cond is not None:
+                    with self._cond:
+                        self._cond.notify_all()
 
 
 def remaining(deadline: float) -> float:

@@ -409,7 +409,7 @@ class EncoderOutputReceiver:
             self._allocate()
         if any(s > self._staging.numel() for s in sizes) or any(s < 0 for s in sizes):
             raise TransferError(f"{req_name(h.request_id)}: cannot drain a {sum(sizes)}-byte chunk")
-        pend = [ch.waiter.submit(self._irecv(ch, self._staging[:s]), nbytes=s) for s in sizes if s]
+        pend = ch.waiter.submit_many([(self._irecv(ch, self._staging[:s]), None, s) for s in sizes if s])
         if not wait_all(pend, deadline):
             raise TransferTimeout(f"{req_name(h.request_id)}: drain timed out", h.request_id, h.token_offset)
 
@@ -446,8 +446,8 @@ class EncoderOutputReceiver:
                 act.views = direct_views(self._staging, h, act.result)
             else:
                 act.views = staging_views(self._staging, h)
-            act.payload = [ch.waiter.submit(self._irecv(ch, t), nbytes=t.numel() * t.element_size())
-                           for t in act.views.targets]
+            act.payload = ch.waiter.submit_many([(self._irecv(ch, t), None, t.numel() * t.element_size())
+                                                 for t in act.views.targets])
             act.stage = "await_payload"
         if act.stage == "await_payload":
             try:
@@ -530,16 +530,21 @@ class EncoderOutputReceiver:
     # ------------------------------------------------------------------ wire
     def _pull(self, ch: _Channel, ctrl: Control) -> None:
         """Send a control message and post the receive of its answer's header."""
-        self._send_ctrl(ch, ctrl)
-        ch.header = ch.waiter.submit(self._irecv(ch, ch.header_buf))
+        sent = self._post_ctrl(ch, ctrl)
+        header = self._irecv(ch, ch.header_buf)
+        ch.header = ch.waiter.submit_many([sent, (header, None, 0)])[1]
         ch.header_for = (ctrl.request_id, ctrl.offset)
 
     def _send_ctrl(self, ch: _Channel, ctrl: Control) -> None:
+        ch.waiter.submit_many([self._post_ctrl(ch, ctrl)])
+
+    def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
+        """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""
         t = ctrl.to_tensor()
         if self.device.type != "cpu":
             t = t.to(self.device)
-        ch.waiter.submit(dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), keep=t)
         self.ctrl_bytes_sent += CONTROL_WORDS * 8
+        return dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), t, 0
 
     def _irecv(self, ch: _Channel, t: torch.Tensor):
         return dist.irecv(t, src=ch.peer, group=self.group, tag=self.data_tag)

@@ -354,7 +354,7 @@ class EncoderOutputSender:
             self.on_chunk(req.request_id, offset, h.token_count)
         if msgs is None:
             msgs = req.plan.messages(h)
-        works = [self._isend(h.to_tensor()), *(self._isend(m) for m in msgs)]
+        works = self._isend_many([h.to_tensor(), *msgs])
         nbytes = sum(m.numel() * m.element_size() for m in msgs)
         s = self.stats
         s.payload_bytes_sent += nbytes
@@ -377,12 +377,17 @@ class EncoderOutputSender:
         self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
 
     def _isend(self, t: torch.Tensor) -> Pending:
-        """Post a send; its completion is tracked by the send-waiter thread (which keeps `t` alive)."""
-        if self.device is not None and t.device != self.device:
-            t = t.to(self.device)
-        p = self._send_waiter.submit(dist.isend(t, dst=self.peer, group=self.group, tag=self.data_tag), keep=t)
-        self._sends.append(p)
-        return p
+        return self._isend_many([t])[0]
+
+    def _isend_many(self, tensors: list[torch.Tensor]) -> list[Pending]:
+        """Post sends, in order; their completion is tracked by the send-waiter thread (which keeps
+        the tensors alive), handed over in one batch (one thread wake-up)."""
+        if self.device is not None:
+            tensors = [t if t.device == self.device else t.to(self.device) for t in tensors]
+        ps = self._send_waiter.submit_many(
+            [(dist.isend(t, dst=self.peer, group=self.group, tag=self.data_tag), t, 0) for t in tensors])
+        self._sends.extend(ps)
+        return ps
 
 
 def _as_transfer_error(e: BaseException, peer: int) -> TransferError:
