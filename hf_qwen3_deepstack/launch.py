@@ -63,9 +63,10 @@ class Context:
     roles: Any
     groups: Any
     requests: list
-    model: str
+    model: str  # the checkpoint this rank's half loads from
     device: Any
     dtype: Any
+    lm_model: str  # the language half's checkpoint (its config bounds the prompt length)
 
     def log(self, msg: str) -> None:
         if not getattr(self.args, "quiet", False):
@@ -125,7 +126,8 @@ def run_rank(args: argparse.Namespace) -> int:
         roles = Roles(dist.get_rank(), dist.get_world_size(), args.encoders, args.lms)
         _STATE["who"] = f"rank {rank} ({roles.role_name})"
         groups = make_groups(roles)
-        if args.model is None:  # embedded tiny default: one process per node builds it, the rest reuse it
+        split_repos = args.encoder_model is not None and args.lm_model is not None
+        if args.model is None and not split_repos:  # embedded tiny default: one process per node builds it, the rest reuse it
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 model = resolve_model(None)
                 dist.barrier(group=groups.ctrl)
@@ -135,7 +137,9 @@ def run_rank(args: argparse.Namespace) -> int:
         else:
             model = args.model
         requests = load_requests(args.requests)
-        ctx = Context(args, roles, groups, requests, model, device, resolve_dtype(args.dtype, device))
+        encoder_model, lm_model = args.encoder_model or model, args.lm_model or model
+        ctx = Context(args, roles, groups, requests, encoder_model if roles.is_encoder else lm_model, device,
+                      resolve_dtype(args.dtype, device), lm_model)
         if roles.is_encoder:
             from hf_qwen3_deepstack.runtime.encoder_worker import run_encoder
 

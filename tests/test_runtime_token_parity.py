@@ -135,3 +135,26 @@ def test_token_parity(parity_setup, tmp_path, how, e, l, extra):
     assert {r["lm_rank"] for r in results} == set(range(e, e + l))
     # the language leader prints the summary table
     assert "summary" in proc.stdout and "p95" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_token_parity_from_split_repos(parity_setup, tmp_path):
+    """Encoder ranks load the encoder repo and language ranks the language repo made by `split`
+    (`--encoder-model` / `--lm-model`, no `--model`): same tokens as the monolithic model."""
+    from hf_qwen3_deepstack.hub.split import split_checkpoint
+
+    ckpt, req_file, expected = parity_setup
+    enc_repo, lm_repo = tmp_path / "encoder", tmp_path / "lm"
+    split_checkpoint(ckpt, enc_repo, lm_repo, dtype="float32", max_shard_size="200KB", progress=False)
+    out_file = tmp_path / "results.jsonl"
+    cmd = [sys.executable, "-m", "hf_qwen3_deepstack.cli", "run", "--encoder-model", str(enc_repo),
+           "--lm-model", str(lm_repo), "--requests", str(req_file), "--output", str(out_file),
+           "--max-new-tokens", str(DEFAULT_MAX_NEW), "--threads", "1", "--no-progress", "--timeout", "120"]
+    proc = subprocess.run(cmd, cwd=REPO, env=runtime_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"loaded encoder from {enc_repo}" in proc.stderr
+    assert f"loaded language model from {lm_repo}" in proc.stderr
+    results = {r["id"]: r for r in read_jsonl(out_file)}
+    assert sorted(results) == sorted(expected)
+    for rid, want in expected.items():
+        assert results[rid].get("token_ids") == want["token_ids"], results[rid]
+        assert results[rid]["prompt_tokens"] == want["prompt_tokens"]

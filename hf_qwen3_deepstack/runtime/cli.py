@@ -38,7 +38,8 @@ def launch(args: argparse.Namespace, *, quiet_agent: bool = True) -> int:
     if not os.path.isfile(args.requests):
         print(f"{PREFIX} requests file not found: {args.requests}", file=sys.stderr)
         return 2
-    args.model = resolve_model(args.model)  # build the tiny default once, before the ranks start
+    if args.model is None and (args.encoder_model is None or args.lm_model is None):
+        args.model = resolve_model(None)  # build the tiny default once, before the ranks start
     nproc = args.encoders + args.lms
     if quiet_agent:
         import logging

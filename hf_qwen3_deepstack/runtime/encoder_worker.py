@@ -27,7 +27,7 @@ def _wait(works) -> None:
 def run_encoder(ctx) -> None:
     roles, groups, args, requests = ctx.roles, ctx.groups, ctx.args, ctx.requests
     processor, encoder = load_encoder(ctx.model, ctx.dtype, ctx.device)
-    max_pos = max_positions(ctx.model)
+    max_pos = max_positions(ctx.lm_model)
     outbox = Outbox(groups.data, timeout_s=args.timeout)
     ctx.log(f"loaded encoder from {ctx.model}")
     ctx.ready()

@@ -37,15 +37,15 @@ def resolve_model(model: str | None, seed: int = 0) -> str:
     return str(default_tiny_checkpoint(seed=seed))
 
 
-def max_positions(model: str) -> int | None:
-    from transformers import AutoConfig
+def max_positions(lm_model: str) -> int | None:
+    """The language model's position limit, read from a full, text-only or language-repo config."""
+    from hf_qwen3_deepstack.configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(model)
+        cfg = Qwen3MoeDeepStackConfig.from_pretrained(lm_model)
     except Exception:
         return None
-    text = getattr(cfg, "text_config", cfg)
-    return getattr(text, "max_position_embeddings", None)
+    return getattr(cfg, "max_position_embeddings", None)
 
 
 def load_encoder(model: str, dtype: torch.dtype, device: torch.device):

@@ -9,6 +9,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required:
     g = parser.add_argument_group("runtime")
     g.add_argument("--model", default=None,
                    help="checkpoint directory or Hub id (default: the embedded tiny Qwen3-VL-MoE, built once and cached)")
+    g.add_argument("--encoder-model", default=None,
+                   help="encoder repo made by `split` (or any checkpoint) for the encoder ranks (default: --model)")
+    g.add_argument("--lm-model", default=None,
+                   help="language repo made by `split` (or any checkpoint) for the language ranks (default: --model)")
     g.add_argument("--requests", required=requests_required, help="JSONL file, one request per line")
     g.add_argument("--output", default=None, help="JSONL file for result lines, written by the language leader (default: stdout)")
     g.add_argument("--encoders", type=int, default=1, help="E: number of encoder ranks (global ranks 0..E-1)")
@@ -36,7 +40,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required:
 def forward_argv(args: argparse.Namespace) -> list[str]:
     """argv for `python -m hf_qwen3_deepstack.launch` reproducing `args`."""
     out: list[str] = []
-    for name in ("model", "requests", "output", "encoders", "lms", "max_new_tokens", "dtype", "capacity_tokens",
+    for name in ("model", "encoder_model", "lm_model", "requests", "output", "encoders", "lms", "max_new_tokens", "dtype", "capacity_tokens",
                  "max_inflight", "timeout", "threads", "summary_json"):
         value = getattr(args, name, None)
         if value is not None:
