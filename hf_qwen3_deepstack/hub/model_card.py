@@ -29,51 +29,56 @@ transformers 5 holds these tensors transposed in memory, (E, 2I, H) / (E, H, I);
 loads either layout, detecting it per tensor from the shapes."""
 
 TORCHRUN_SNIPPET = '''\
-One encoder rank and one language rank, plain `torch.distributed` (gloo on CPU, NCCL with one
-GPU per rank). Save as `two_groups.py` and run `torchrun --nproc-per-node 2 two_groups.py`.
-For many ranks per group, chunked resumable transfers and a request server, use the
+One encoder rank and one language rank with plain `torch.distributed`: NCCL and one GPU per rank
+when CUDA is available, gloo on CPU otherwise. Save as `two_groups.py` and run
+`torchrun --nproc-per-node 2 two_groups.py`. For many ranks per group, chunked resumable
+transfers and a request server, use the
 [`hf-qwen3-deepstack`](https://pypi.org/project/hf-qwen3-deepstack/) runtime
-(`hf-qwen3-deepstack run`), which loads these same repos.
+(`hf-qwen3-deepstack run --encoder-model ... --lm-model ...`), which loads these same repos.
 
 ```python
+import os
 import torch
 import torch.distributed as dist
-from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
 ENCODER, LM = "{encoder_repo_id}", "{lm_repo_id}"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-dist.init_process_group("gloo")
-processor = AutoProcessor.from_pretrained(ENCODER, trust_remote_code=True)  # tokenizer + image processor
+cuda = torch.cuda.is_available()
+device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
 
-if dist.get_rank() == 0:  # encoder group: owns the processor, computes positions
-    encoder = AutoModel.from_pretrained(ENCODER, trust_remote_code=True, dtype="auto").eval()
+if dist.get_rank() == 0:  # encoder group: owns the processor, computes M-RoPE positions
+    processor = AutoProcessor.from_pretrained(ENCODER, trust_remote_code=True)
+    encoder = AutoModel.from_pretrained(ENCODER, trust_remote_code=True, dtype="auto").to(device).eval()
     messages = [{{"role": "user", "content": [{{"type": "image", "image": "photo.jpg"}},
                                               {{"type": "text", "text": "Describe the picture."}}]}}]
     inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                           return_dict=True, return_tensors="pt")
+                                           return_dict=True, return_tensors="pt").to(device)
     with torch.no_grad():
         out = encoder.encode(**inputs)
     (b, s), (n, h), k = out.input_ids.shape, out.visual_embeds.shape, out.deepstack_visual_embeds.shape[0]
-    dist.send(torch.tensor([b, s, n, h, k, DTYPES.index(out.visual_embeds.dtype)]), dst=1)  # fixed-size header
+    header = torch.tensor([b, s, n, h, k, DTYPES.index(out.visual_embeds.dtype)], device=device)
+    dist.send(header, dst=1)  # fixed-size header, then the tensors it describes
     for t in (out.input_ids, out.attention_mask, out.position_ids, out.rope_deltas,
               out.visual_embeds, out.deepstack_visual_embeds):  # only the visual rows travel
-        dist.send(t.to(torch.int64) if not t.is_floating_point() else t.contiguous(), dst=1)
+        dist.send(t.contiguous() if t.is_floating_point() else t.to(torch.int64).contiguous(), dst=1)
 else:  # language group
-    lm = AutoModelForCausalLM.from_pretrained(LM, trust_remote_code=True, dtype="auto").eval()
-    header = torch.empty(6, dtype=torch.int64)
+    tokenizer = AutoTokenizer.from_pretrained(LM)
+    lm = AutoModelForCausalLM.from_pretrained(LM, trust_remote_code=True, dtype="auto").to(device).eval()
+    header = torch.empty(6, dtype=torch.int64, device=device)
     dist.recv(header, src=0)
     b, s, n, h, k, d = header.tolist()
     shapes = [((b, s), torch.int64), ((b, s), torch.int64), ((3, b, s), torch.int64), ((b, 1), torch.int64),
               ((n, h), DTYPES[d]), ((k, n, h), DTYPES[d])]
-    received = []
-    for shape, dtype in shapes:
-        received.append(torch.empty(shape, dtype=dtype))
-        dist.recv(received[-1], src=0)
+    received = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
+    for t in received:
+        dist.recv(t, src=0)
     input_ids, attention_mask, position_ids, rope_deltas, visual_embeds, deepstack = received
     generated = lm.generate(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             rope_deltas=rope_deltas, visual_embeds=visual_embeds.to(lm.dtype),
                             deepstack_visual_embeds=deepstack.to(lm.dtype), max_new_tokens=64, do_sample=False)
-    print(processor.batch_decode(generated[:, s:], skip_special_tokens=True))
+    print(tokenizer.batch_decode(generated[:, s:], skip_special_tokens=True))
 dist.destroy_process_group()
 ```'''
 
