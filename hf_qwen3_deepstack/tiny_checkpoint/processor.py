@@ -161,8 +161,7 @@ CHAT_TEMPLATE = """\
 {%- endif -%}
 """
 
-IMAGE_PROCESSOR_CONFIG = {
-    "image_processor_type": "Qwen2VLImageProcessorPil",
+_SHARED_PROCESSING = {  # identical for images and video frames
     "processor_class": "Qwen3VLProcessor",
     "do_resize": True,
     "do_rescale": True,
@@ -175,24 +174,18 @@ IMAGE_PROCESSOR_CONFIG = {
     "patch_size": 16,
     "temporal_patch_size": 2,
     "merge_size": 2,
+}
+
+IMAGE_PROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessorPil",
+    **_SHARED_PROCESSING,
     # pixels budget: 32*32 = one visual token. 64x64 -> 4 tokens; any image -> at most 64 tokens.
     "size": {"shortest_edge": 4 * 32 * 32, "longest_edge": 64 * 32 * 32},
 }
 
 VIDEO_PROCESSOR_CONFIG = {
     "video_processor_type": "Qwen3VLVideoProcessor",
-    "processor_class": "Qwen3VLProcessor",
-    "do_resize": True,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "do_convert_rgb": True,
-    "resample": 3,
-    "patch_size": 16,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
+    **_SHARED_PROCESSING,
     # frames x pixels budget over the whole clip: 4 frames of 64x64 = 2 groups x 4 tokens.
     "size": {"shortest_edge": 4 * 32 * 32, "longest_edge": 256 * 32 * 32},
     "cap_pixels_per_frame": False,
