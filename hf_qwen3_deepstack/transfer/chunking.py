@@ -56,7 +56,7 @@ class SendPlan:
     rope: torch.Tensor  # (B,) int64
     visual: torch.Tensor  # (N, H) contiguous
     deepstack: torch.Tensor  # (K, N, H) contiguous
-    vis_cumsum: torch.Tensor | None  # (T,) int64, visual tokens up to and including flat position t
+    _vis_cumsum: torch.Tensor | None = None  # (T,) int64 visual tokens up to flat position t (lazy)
 
     @property
     def total(self) -> int:
@@ -71,8 +71,7 @@ class SendPlan:
             raise TransferError(f"attention_mask dtype {out.attention_mask.dtype} is not transferable", None, "mask_dtype")
         b, s = out.input_ids.shape
         ids = out.input_ids.reshape(-1).contiguous()
-        is_vis = visual_flags(ids, _id(out.image_token_id), _id(out.video_token_id))
-        if is_vis is None and out.num_visual_tokens:
+        if out.image_token_id is None and out.video_token_id is None and out.num_visual_tokens:
             raise TransferError("EncoderOutput has visual rows but no image/video token id", None, "image_token_id")
         mask = None
         if out.attention_mask is not None:
@@ -85,16 +84,21 @@ class SendPlan:
             rope=out.rope_deltas.reshape(-1).contiguous(),
             visual=out.visual_embeds.contiguous(),
             deepstack=out.deepstack_visual_embeds.contiguous(),
-            vis_cumsum=None if is_vis is None else torch.cumsum(is_vis, 0),
         )
 
     def rows_before(self, t: int) -> int:
         """Visual rows carried by the flat tokens [0, t)."""
-        if t <= 0 or self.vis_cumsum is None:
+        if t <= 0:
             return 0
         if t >= self.total:
             return self.output.num_visual_tokens  # validate() checked placeholders == N
-        return int(self.vis_cumsum[t - 1])
+        if self._vis_cumsum is None:  # only chunk boundaries inside the request need it
+            out = self.output
+            is_vis = visual_flags(self.ids, _id(out.image_token_id), _id(out.video_token_id))
+            if is_vis is None:
+                return 0
+            self._vis_cumsum = torch.cumsum(is_vis, 0)
+        return int(self._vis_cumsum[t - 1])
 
     def header(self, request_id: int, chunk_index: int, offset: int, capacity: int) -> ChunkHeader:
         out = self.output
