@@ -16,20 +16,13 @@ Pairwise use::
 
 `peer` is a global rank; `group` restricts the messages to a process group (default: WORLD).
 
-Protocol (pull-based, VERSION 2; `protocol.py` has the formats, `chunking.py` the layout)
-----------------------------------------------------------------------------------------
+Protocol (pull-based; `protocol.py` has the formats, `chunking.py` the layout)
+-----------------------------------------------------------------------------
 * The receiver sends a control message ``PULL(request_id, offset, capacity)``: "everything of
   that request below `offset` is acknowledged; send the chunk starting there". ``request_id=NEXT``
   asks for the first chunk of the oldest request not yet started. The final acknowledgement of
-  a request travels in the same message as the pull of the next request (``done_request_id``).
-* `recv()` prefetches: as soon as a chunk's data receives are posted it sends
-  ``PREFETCH(request_id, next offset)`` (or ``PREFETCH(NEXT)`` after the last chunk), which asks
-  for what follows *without acknowledging anything*, and posts the receive of its header; once the
-  chunk is consumed an ``ACK`` (offset, or ``done_request_id`` for the last chunk) acknowledges it
-  and is not answered. So the next header crosses the wire while the current data lands. gloo
-  matches messages in posting order and the data of chunk c is posted before the header of what
-  follows, so the order is unambiguous. `recv_chunks()` does not prefetch (its consumer may refuse
-  a chunk, which is then pulled again): it sends one ``PULL`` per chunk, as above.
+  a request travels in the same message as the pull of the next request (``done_request_id``),
+  so between requests there is one control message and the next request is prefetched.
 * The sender answers each pull with one chunk: a fixed-size header (magic, version, kind,
   request id, chunk index, token offset/count, total tokens, B, S, N, visual row offset/count,
   K, H, dtype codes, image/video token ids, flags, section sizes, checksum), then its data: an
@@ -60,12 +53,9 @@ Resume semantics
 ----------------
 * **Timeout.** Every wait of the receiver has a deadline (`timeout`, per call or from the
   constructor). When it expires `TransferTimeout` (request id and token offset in the message and
-  in `.request_id`/`.offset`) is raised and *the posted receives stay posted* (a prefetched header
-  included): calling `recv()` (or `recv_chunks()`, or `resume(request_id)`) again continues
-  waiting for the same chunk. No byte is requested or sent twice.
-* **Bad row count.** If a chunk's ids do not carry its header's visual row count, `recv()` raises
-  `HeaderMismatch` (field ``row_count``) and drops the request; a chunk of it that was already
-  prefetched is drained by the next `recv()`, which tells the sender (``REJECT``): the handle fails.
+  in `.request_id`/`.offset`) is raised and *the posted receives stay posted*: calling `recv()`
+  (or `recv_chunks()`, or `resume(request_id)`) again continues waiting for the same chunk. No
+  byte is requested or sent twice.
 * **Consumer exception.** If a `recv_chunks()` consumer raises (or stops iterating) while holding
   a chunk, that chunk is *not* acknowledged. The next `recv_chunks()`/`resume(request_id)` pulls
   again from the acknowledged offset, i.e. re-requests only that unacknowledged chunk. Chunks

@@ -7,8 +7,7 @@ Two message types travel as plain int64 tensors (never pickle):
 * ``Control`` (receiver -> sender, ``CONTROL_WORDS`` int64): ``PULL`` (ack everything below
   ``offset`` of ``request_id`` and send the chunk starting there; ``request_id == NEXT`` asks for
   the first chunk of the next new request), optionally carrying ``done_request_id`` (that request
-  is fully acknowledged), ``PREFETCH`` (send the chunk starting at ``offset``, acknowledging
-  nothing), ``ACK`` (acknowledge, no answer), ``REJECT`` or ``CLOSE`` (receiver is going away).
+  is fully acknowledged), or ``CLOSE`` (receiver is going away).
 
 Both end with a checksum word so a corrupted or misaligned message is caught before any field
 is trusted.
@@ -21,7 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 
 MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
-VERSION = 2  # 2: PREFETCH and ACK control kinds
+VERSION = 1
 HEADER_WORDS = 32
 CONTROL_WORDS = 16
 NEXT = -1  # request id in a PULL: "the next new request"
@@ -35,8 +34,6 @@ KIND_ERROR = 3
 KIND_PULL = 16
 KIND_CLOSE = 17
 KIND_REJECT = 18  # receiver refuses a request whose header disagrees with its expectations
-KIND_PREFETCH = 19  # like PULL, but acknowledges nothing: `recv()` asks for what follows while a chunk lands
-KIND_ACK = 20  # acknowledges `offset` of `request_id` (and/or `done_request_id`); not answered
 
 # chunk flags
 FLAG_FIRST = 1

@@ -30,12 +30,10 @@ from .protocol import (
     EMBED_DTYPES,
     ERROR_NAMES,
     HEADER_WORDS,
-    KIND_ACK,
     KIND_BYE,
     KIND_CHUNK,
     KIND_CLOSE,
     KIND_ERROR,
-    KIND_PREFETCH,
     KIND_PULL,
     KIND_REJECT,
     MASK_DTYPES,
@@ -91,10 +89,10 @@ class _Channel:
         self.header_buf = torch.empty(HEADER_WORDS, dtype=torch.int64, device=device)
         self.waiter = Waiter(f"rx-wait-{peer}", cond, cuda=is_cuda(device))
         self.header: Pending | None = None  # outstanding header receive
-        self.deferred: list[tuple] = []  # posted sends (acks) handed to the waiter with the next batch
-        self.dropped: int | None = None  # request dropped while a chunk of it was prefetched
+        self.header_for: tuple[int, int] = (NEXT, 0)  # (request id, offset) it answers
         self.closed = False  # sender said BYE
         self.broken: BaseException | None = None
+        self.completed_at = 0.0
 
 
 @dataclass
@@ -114,7 +112,6 @@ class _Active:
     views: ChunkViews | None = None
     payload: list[Pending] | None = None
     stage: str = "have_header"  # await_header | have_header | await_payload | received | unacked
-    prefetched: bool = False  # what follows the current chunk is already pulled (recv mode)
 
 
 class EncoderOutputReceiver:
@@ -280,8 +277,6 @@ class EncoderOutputReceiver:
             if h.kind == KIND_BYE:
                 ch.closed = True
                 continue
-            if self._discard_dropped(ch, h):
-                continue
             self._validate_first(ch, h)
             rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
             result = None
@@ -294,15 +289,6 @@ class EncoderOutputReceiver:
             self._active = _Active(ch, h.request_id, h, mode, result, rope, header=h)
             self.last_peer = ch.peer
             return self._active
-
-    def _discard_dropped(self, ch: _Channel, h: ChunkHeader) -> bool:
-        """A chunk prefetched for a request dropped since (bad row count): drain it and reject
-        the request, so that its sender fails the handle instead of keeping it forever."""
-        dropped, ch.dropped = ch.dropped, None
-        if dropped is None or h.request_id != dropped or h.first:
-            return False
-        self._reject(ch, h, mismatch(dropped, "row_count", h.row_count, "the placeholders in the chunk's ids"))
-        return True
 
     def _ready_channel(self, live: list[_Channel], deadline: float) -> _Channel:
         n = len(live)
@@ -424,7 +410,7 @@ class EncoderOutputReceiver:
             self._allocate()
         if any(s > self._staging.numel() for s in sizes) or any(s < 0 for s in sizes):
             raise TransferError(f"{req_name(h.request_id)}: cannot drain a {sum(sizes)}-byte chunk")
-        pend = self._submit(ch, [(self._irecv(ch, self._staging[:s]), None, s) for s in sizes if s])
+        pend = ch.waiter.submit_many([(self._irecv(ch, self._staging[:s]), None, s) for s in sizes if s])
         if not wait_all(pend, deadline):
             raise TransferTimeout(f"{req_name(h.request_id)}: drain timed out", h.request_id, h.token_offset)
 
@@ -461,14 +447,8 @@ class EncoderOutputReceiver:
                 act.views = direct_views(self._staging, h, act.result)
             else:
                 act.views = staging_views(self._staging, h)
-            items = [(self._irecv(ch, t), None, t.numel() * t.element_size()) for t in act.views.targets]
-            n = len(items)
-            if act.mode == "recv":  # nobody can refuse this chunk: pull what follows it now
-                items += self._prefetch_items(act)
-            pend = self._submit(ch, items)
-            act.payload = pend[:n]
-            if act.prefetched:
-                ch.header = pend[n + 1]
+            act.payload = ch.waiter.submit_many([(self._irecv(ch, t), None, t.numel() * t.element_size())
+                                                 for t in act.views.targets])
             act.stage = "await_payload"
         if act.stage == "await_payload":
             try:
@@ -489,8 +469,6 @@ class EncoderOutputReceiver:
             seen = count_visual(ids, h)
             if seen != h.row_count:
                 self._active = None
-                if act.prefetched and not h.last:
-                    ch.dropped = act.request_id
                 raise mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)",
                                act.acked)
             act.stage = "received"
@@ -514,19 +492,10 @@ class EncoderOutputReceiver:
             self.requests_received += 1
             if len(self._owned) > 64:  # results never recycled: forget the oldest
                 self._owned.pop(next(iter(self._owned)))
-            done = Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens,
-                           done_request_id=act.request_id, done_total=act.first.total_tokens)
-            if act.prefetched:  # the next request's header is already pulled
-                done.kind = KIND_ACK
-                self._defer_ctrl(ch, done)
-            else:  # final ack + pull of the next request in one message
-                self._pull(ch, done)
+            # final ack + pull of the next request in one message (prefetch)
+            self._pull(ch, Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens,
+                                   done_request_id=act.request_id, done_total=act.first.total_tokens))
             return True
-        if act.prefetched:
-            act.prefetched = False
-            self._defer_ctrl(ch, Control(kind=KIND_ACK, request_id=act.request_id, offset=act.acked,
-                                         capacity=self.capacity_tokens))
-            return False
         self._pull(ch, Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
                                capacity=self.capacity_tokens))
         return False
@@ -564,31 +533,11 @@ class EncoderOutputReceiver:
         """Send a control message and post the receive of its answer's header."""
         sent = self._post_ctrl(ch, ctrl)
         header = self._irecv(ch, ch.header_buf)
-        ch.header = self._submit(ch, [sent, (header, None, 0)])[1]
-
-    def _prefetch_items(self, act: _Active) -> list[tuple]:
-        """PREFETCH what follows the current chunk (its next chunk, or the next request) and post
-        the receive of its header: (send, header receive) for the waiter. Posted after the
-        chunk's payload receives, so the messages match in order."""
-        h = act.header
-        rid, offset = (NEXT, 0) if h.last else (act.request_id, h.token_offset + h.token_count)
-        sent = self._post_ctrl(act.ch, Control(kind=KIND_PREFETCH, request_id=rid, offset=offset,
-                                               capacity=self.capacity_tokens))
-        act.prefetched = True
-        return [sent, (self._irecv(act.ch, act.ch.header_buf), None, 0)]
+        ch.header = ch.waiter.submit_many([sent, (header, None, 0)])[1]
+        ch.header_for = (ctrl.request_id, ctrl.offset)
 
     def _send_ctrl(self, ch: _Channel, ctrl: Control) -> None:
-        self._submit(ch, [self._post_ctrl(ch, ctrl)])
-
-    def _defer_ctrl(self, ch: _Channel, ctrl: Control) -> None:
-        """Post a control message now; hand it to the waiter with the next batch (saves a thread
-        wake-up; the send itself progresses without anyone waiting on it)."""
-        ch.deferred.append(self._post_ctrl(ch, ctrl))
-
-    def _submit(self, ch: _Channel, items: list[tuple]) -> list[Pending]:
-        """Hand posted works to the channel's waiter, after the deferred ones (FIFO order)."""
-        deferred, ch.deferred = ch.deferred, []
-        return ch.waiter.submit_many(deferred + items)[len(deferred):]
+        ch.waiter.submit_many([self._post_ctrl(ch, ctrl)])
 
     def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
         """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""

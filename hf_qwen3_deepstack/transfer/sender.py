@@ -21,11 +21,9 @@ from .protocol import (
     ERR_UNKNOWN_REQUEST,
     ERROR_NAMES,
     HEADER_WORDS,
-    KIND_ACK,
     KIND_BYE,
     KIND_CLOSE,
     KIND_ERROR,
-    KIND_PREFETCH,
     KIND_PULL,
     KIND_REJECT,
     NEXT,
@@ -275,10 +273,7 @@ class EncoderOutputSender:
             if req is not None:
                 self._reject(req, ctrl.reason)
             return False
-        if ctrl.kind == KIND_ACK:  # never answered: an ERROR header would pass for the answer to a pull
-            self._ack(ctrl)
-            return False
-        if ctrl.kind not in (KIND_PULL, KIND_PREFETCH) or ctrl.capacity <= 0:
+        if ctrl.kind != KIND_PULL or ctrl.capacity <= 0:
             self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_CONTROL)
             return False
         if ctrl.request_id == NEXT:
@@ -288,16 +283,6 @@ class EncoderOutputSender:
             self._answer_next(ctrl)
             return False
         return self._answer_pull(ctrl)
-
-    def _ack(self, ctrl: Control) -> None:
-        """KIND_ACK: everything of `request_id` below `offset` is consumed (the done request, if
-        any, was finished by `_handle`)."""
-        if ctrl.request_id == NEXT:
-            return
-        with self._cond:
-            req = self._requests.get(ctrl.request_id)
-        if req is not None and req.acked <= ctrl.offset <= req.sent_upto:
-            req.acked = req.handle.acked_offset = ctrl.offset
 
     def _answer_next(self, ctrl: Control) -> None:
         with self._cond:
@@ -317,8 +302,7 @@ class EncoderOutputSender:
         if not (req.acked <= ctrl.offset <= req.sent_upto) or ctrl.offset >= req.plan.total:
             self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_OFFSET)
             return False
-        if ctrl.kind == KIND_PULL:  # a PREFETCH acknowledges nothing
-            req.acked = req.handle.acked_offset = ctrl.offset
+        req.acked = req.handle.acked_offset = ctrl.offset
         self._send_chunk(req, ctrl.offset, ctrl.capacity)
         return False
 
