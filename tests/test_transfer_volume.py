@@ -109,3 +109,29 @@ def test_recycled_results_are_reused_and_still_exact():
     _, ptrs = run_ranks(_recycled, timeout=60)
     seen = [p for p in ptrs if p is not None]
     assert len(set(seen)) < len(seen)  # some later result reused a recycled buffer
+
+
+def _recycle_keeps_storage(rank):
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=30)
+        for i in range(3):
+            tx.send(i, _request(0))  # same shape three times
+        tx.close()
+        return None
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=30)
+    outs = [rx.recv()[1]]
+    rx.recycle(outs[0])
+    outs.append(rx.recv()[1])  # outs[0] is still referenced: only the pool can hand its memory out again
+    outs.append(rx.recv()[1])  # nothing recycled since: fresh memory
+    for out in outs:
+        assert_same(out, _request(0), "recycled")
+    rx.close()
+    return [o.visual_embeds.untyped_storage().data_ptr() for o in outs]
+
+
+def test_recycle_hands_the_same_embedding_storage_to_the_next_result():
+    _, (p0, p1, p2) = run_ranks(_recycle_keeps_storage, timeout=60)
+    assert p1 == p0
+    assert p2 not in (p0, p1)

@@ -56,8 +56,7 @@ class SendPlan:
     rope: torch.Tensor  # (B,) int64
     visual: torch.Tensor  # (N, H) contiguous
     deepstack: torch.Tensor  # (K, N, H) contiguous
-    vis_prefix: torch.Tensor  # (T+1,) int64, visual tokens before flat position t
-    vis_prefix_list: list[int]
+    _vis_cumsum: torch.Tensor | None = None  # (T,) int64 visual tokens up to flat position t (lazy)
 
     @property
     def total(self) -> int:
@@ -72,15 +71,8 @@ class SendPlan:
             raise TransferError(f"attention_mask dtype {out.attention_mask.dtype} is not transferable", None, "mask_dtype")
         b, s = out.input_ids.shape
         ids = out.input_ids.reshape(-1).contiguous()
-        token_ids = [i for i in (out.image_token_id, out.video_token_id) if i is not None]
-        if token_ids:
-            is_vis = torch.isin(ids, torch.tensor(token_ids, device=ids.device)).to(torch.int64)
-        elif out.num_visual_tokens:
+        if out.image_token_id is None and out.video_token_id is None and out.num_visual_tokens:
             raise TransferError("EncoderOutput has visual rows but no image/video token id", None, "image_token_id")
-        else:
-            is_vis = torch.zeros_like(ids)
-        prefix = torch.zeros(ids.numel() + 1, dtype=torch.int64, device=ids.device)
-        torch.cumsum(is_vis, 0, out=prefix[1:])
         mask = None
         if out.attention_mask is not None:
             mask = out.attention_mask.reshape(-1).to(torch.int64)
@@ -92,14 +84,26 @@ class SendPlan:
             rope=out.rope_deltas.reshape(-1).contiguous(),
             visual=out.visual_embeds.contiguous(),
             deepstack=out.deepstack_visual_embeds.contiguous(),
-            vis_prefix=prefix,
-            vis_prefix_list=prefix.tolist(),
         )
+
+    def rows_before(self, t: int) -> int:
+        """Visual rows carried by the flat tokens [0, t)."""
+        if t <= 0:
+            return 0
+        if t >= self.total:
+            return self.output.num_visual_tokens  # validate() checked placeholders == N
+        if self._vis_cumsum is None:  # only chunk boundaries inside the request need it
+            out = self.output
+            is_vis = visual_flags(self.ids, _id(out.image_token_id), _id(out.video_token_id))
+            if is_vis is None:
+                return 0
+            self._vis_cumsum = torch.cumsum(is_vis, 0)
+        return int(self._vis_cumsum[t - 1])
 
     def header(self, request_id: int, chunk_index: int, offset: int, capacity: int) -> ChunkHeader:
         out = self.output
         count = min(capacity, self.total - offset)
-        r0, r1 = self.vis_prefix_list[offset], self.vis_prefix_list[offset + count]
+        r0, r1 = self.rows_before(offset), self.rows_before(offset + count)
         first, last = offset == 0, offset + count >= self.total
         h = ChunkHeader(
             kind=KIND_CHUNK,
@@ -128,29 +132,26 @@ class SendPlan:
             h.flags |= FLAG_PACKED
         return h
 
-    def int_section(self, h: ChunkHeader) -> torch.Tensor:
-        """(int_numel,) int64: [rope (B) if first][ids (c)][positions (3, c)][mask (c)]."""
+    def _int_parts(self, h: ChunkHeader) -> list[torch.Tensor]:
+        """[rope (B) if first][ids (c)][positions (3, c)][mask (c)], flat int64."""
         o, c = h.token_offset, h.token_count
         parts = [self.rope] if h.first else []
         parts += [self.ids[o : o + c], self.pos[:, o : o + c].reshape(-1)]
         if self.mask is not None:
             parts.append(self.mask[o : o + c])
-        return torch.cat(parts)
+        return parts
+
+    def int_section(self, h: ChunkHeader) -> torch.Tensor:
+        """(int_numel,) int64: [rope (B) if first][ids (c)][positions (3, c)][mask (c)]."""
+        return torch.cat(self._int_parts(h))
 
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
-        ints = self.int_section(h)
         r0, n = h.row_offset, h.row_count
         embeds = [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)] if n else []
-        if h.packed:
-            buf = torch.empty(h.int_bytes + h.embed_bytes, dtype=torch.uint8, device=ints.device)
-            at = 0
-            for t in [ints] + embeds:
-                nb = t.numel() * t.element_size()
-                buf[at : at + nb].copy_(t.reshape(-1).view(torch.uint8))
-                at += nb
-            return [buf]
-        return [t for t in [ints] + embeds if t.numel()]
+        if h.packed:  # one memcpy of everything into one uint8 message
+            return [torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in self._int_parts(h) + embeds])]
+        return [t for t in [self.int_section(h)] + embeds if t.numel()]
 
 
 def int_numel(h: ChunkHeader) -> int:
@@ -263,8 +264,19 @@ def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> N
         result.deepstack_visual_embeds[:, r0 : r0 + n].copy_(views.deepstack)
 
 
+def visual_flags(ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor | None:
+    """int64 1/0 per token: is it an image/video placeholder (None when neither id is set)."""
+    found = None
+    for tid in (image_token_id, video_token_id):
+        if tid != NONE_ID:
+            hit = ids == tid
+            found = hit if found is None else found.logical_or_(hit)
+    return None if found is None else found.to(torch.int64)
+
+
 def count_visual(ids: torch.Tensor, h: ChunkHeader) -> int:
-    token_ids = [i for i in (h.image_token_id, h.video_token_id) if i != NONE_ID]
-    if not token_ids:
-        return 0
-    return int(torch.isin(ids, torch.tensor(token_ids, device=ids.device)).sum())
+    image, video = h.image_token_id, h.video_token_id
+    if image == NONE_ID or video == NONE_ID or image == video:
+        tid = video if image == NONE_ID else image
+        return 0 if tid == NONE_ID else int(ids.eq(tid).sum())
+    return int(ids.eq(image).logical_or_(ids.eq(video)).sum())

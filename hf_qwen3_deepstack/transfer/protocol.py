@@ -148,9 +148,7 @@ class ChunkHeader:
         return bool(self.flags & FLAG_PACKED)
 
     def to_words(self) -> list[int]:
-        words = [MAGIC, VERSION] + [int(getattr(self, f.name)) for f in fields(self)]
-        words += [0] * (HEADER_WORDS - 1 - len(words))
-        return words + [_checksum(words)]
+        return _seal(self, HEADER_WORDS)
 
     def to_tensor(self, out: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.tensor(self.to_words(), dtype=torch.int64)
@@ -163,8 +161,7 @@ class ChunkHeader:
     def from_tensor(cls, t: torch.Tensor, context: int = NEXT) -> "ChunkHeader":
         words = t.tolist()
         _check_envelope(words, HEADER_WORDS, context, "header")
-        names = [f.name for f in fields(cls)]
-        return cls(**dict(zip(names, words[2 : 2 + len(names)])))
+        return cls(*words[2 : 2 + len(_names(cls))])
 
 
 @dataclass
@@ -180,9 +177,7 @@ class Control:
     reason: int = 0  # KIND_REJECT: index of the offending ChunkHeader field
 
     def to_words(self) -> list[int]:
-        words = [MAGIC, VERSION] + [int(getattr(self, f.name)) for f in fields(self)]
-        words += [0] * (CONTROL_WORDS - 1 - len(words))
-        return words + [_checksum(words)]
+        return _seal(self, CONTROL_WORDS)
 
     def to_tensor(self) -> torch.Tensor:
         return torch.tensor(self.to_words(), dtype=torch.int64)
@@ -191,8 +186,24 @@ class Control:
     def from_tensor(cls, t: torch.Tensor) -> "Control":
         words = t.tolist()
         _check_envelope(words, CONTROL_WORDS, words[3] if len(words) > 3 else NEXT, "control message")
-        names = [f.name for f in fields(cls)]
-        return cls(**dict(zip(names, words[2 : 2 + len(names)])))
+        return cls(*words[2 : 2 + len(_names(cls))])
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def _seal(msg: object, n: int) -> list[int]:
+    """[MAGIC, VERSION, fields..., 0 padding, checksum]: the `n` words of a message."""
+    words = [MAGIC, VERSION] + [int(getattr(msg, name)) for name in _names(type(msg))]
+    words += [0] * (n - 1 - len(words))
+    return words + [_checksum(words)]
 
 
 def _check_envelope(words: list[int], n: int, request_id: int, what: str) -> None:

@@ -203,8 +203,9 @@ class EncoderOutputReceiver:
         64 MB request that costs about as much as the transfer itself). Do not touch `output`'s
         embeddings afterwards. One buffer is kept (the largest handed back)."""
         key = output.visual_embeds.untyped_storage().data_ptr()
-        if self._owned.pop(key, None) is None:
+        if key not in self._owned:  # not ours (or handed back already)
             return
+        del self._owned[key]
         buf = torch.empty(0, dtype=torch.uint8, device=self.device).set_(output.visual_embeds.untyped_storage())
         if self._pool is None or buf.numel() > self._pool.numel():
             self._pool = buf
