@@ -99,6 +99,7 @@ def run_rank(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from hf_qwen3_deepstack.runtime.models import resolve_device, resolve_dtype, resolve_model
+    from hf_qwen3_deepstack.runtime.options import needs_default_model
     from hf_qwen3_deepstack.runtime.requests import load_requests
     from hf_qwen3_deepstack.runtime.roles import Roles, make_groups
 
@@ -126,8 +127,7 @@ def run_rank(args: argparse.Namespace) -> int:
         roles = Roles(dist.get_rank(), dist.get_world_size(), args.encoders, args.lms)
         _STATE["who"] = f"rank {rank} ({roles.role_name})"
         groups = make_groups(roles)
-        split_repos = args.encoder_model is not None and args.lm_model is not None
-        if args.model is None and not split_repos:  # embedded tiny default: one process per node builds it, the rest reuse it
+        if needs_default_model(args):  # embedded tiny default: one process per node builds it, the rest reuse it
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 model = resolve_model(None)
                 dist.barrier(group=groups.ctrl)

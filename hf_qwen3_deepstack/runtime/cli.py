@@ -9,7 +9,7 @@ import os
 import sys
 import uuid
 
-from .options import add_runtime_arguments, forward_argv
+from .options import add_runtime_arguments, forward_argv, needs_default_model
 
 PREFIX = "[hf-qwen3-deepstack]"
 # `python -m hf_qwen3_deepstack.launch`, except that Ctrl-C during the (slow) imports ends the rank
@@ -38,7 +38,7 @@ def launch(args: argparse.Namespace, *, quiet_agent: bool = True) -> int:
     if not os.path.isfile(args.requests):
         print(f"{PREFIX} requests file not found: {args.requests}", file=sys.stderr)
         return 2
-    if args.model is None and (args.encoder_model is None or args.lm_model is None):
+    if needs_default_model(args):
         args.model = resolve_model(None)  # build the tiny default once, before the ranks start
     nproc = args.encoders + args.lms
     if quiet_agent:

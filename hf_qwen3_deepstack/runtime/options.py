@@ -49,3 +49,8 @@ def forward_argv(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag, False):
             out.append("--" + flag.replace("_", "-"))
     return out
+
+
+def needs_default_model(args: argparse.Namespace) -> bool:
+    """True when some role has no checkpoint: neither --model nor its own --encoder-/--lm-model."""
+    return args.model is None and (args.encoder_model is None or args.lm_model is None)

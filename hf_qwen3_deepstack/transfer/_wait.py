@@ -51,9 +51,6 @@ class Waiter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, work, keep: object = None, nbytes: int = 0) -> Pending:
-        return self.submit_many([(work, keep, nbytes)])[0]
-
     def submit_many(self, items: list[tuple]) -> list[Pending]:
         """Hand over several already-posted works `(work, keep, nbytes)` in one queue item: the
         thread is woken once (each wake-up is a GIL hand-off that stalls the posting thread)."""

@@ -97,7 +97,7 @@ class SendPlan:
             is_vis = visual_flags(self.ids, _id(out.image_token_id), _id(out.video_token_id))
             if is_vis is None:
                 return 0
-            self._vis_cumsum = torch.cumsum(is_vis, 0)
+            self._vis_cumsum = torch.cumsum(is_vis, 0)  # bool -> int64 running count
         return int(self._vis_cumsum[t - 1])
 
     def header(self, request_id: int, chunk_index: int, offset: int, capacity: int) -> ChunkHeader:
@@ -265,18 +265,15 @@ def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> N
 
 
 def visual_flags(ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor | None:
-    """int64 1/0 per token: is it an image/video placeholder (None when neither id is set)."""
+    """bool per token: is it an image/video placeholder (None when neither id is set)."""
     found = None
     for tid in (image_token_id, video_token_id):
         if tid != NONE_ID:
             hit = ids == tid
             found = hit if found is None else found.logical_or_(hit)
-    return None if found is None else found.to(torch.int64)
+    return found
 
 
 def count_visual(ids: torch.Tensor, h: ChunkHeader) -> int:
-    image, video = h.image_token_id, h.video_token_id
-    if image == NONE_ID or video == NONE_ID or image == video:
-        tid = video if image == NONE_ID else image
-        return 0 if tid == NONE_ID else int(ids.eq(tid).sum())
-    return int(ids.eq(image).logical_or_(ids.eq(video)).sum())
+    flags = visual_flags(ids, h.image_token_id, h.video_token_id)
+    return 0 if flags is None else int(flags.sum())
