@@ -32,7 +32,7 @@ def _case_output(i, case, hidden):
     return random_output(100 + i, b, s, n, hidden=hidden, dtype=dtype, mask_dtype=mask_dtype, token_ids=ids)
 
 
-def _deliver(rank, cap, hidden, streaming):
+def _deliver(rank, cap, hidden, streaming, inline_bytes=None):
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
 
     if rank == 0:
@@ -40,8 +40,9 @@ def _deliver(rank, cap, hidden, streaming):
         for i, case in enumerate(CASES):
             tx.send(i, _case_output(i, case, hidden))
         tx.close()
-        return dict(tx.stats.per_request_bytes), tx.stats.payload_bytes_resent, tx.stats.chunks_sent
-    rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=20)
+        return (dict(tx.stats.per_request_bytes), tx.stats.payload_bytes_resent, tx.stats.chunks_sent,
+                tx.stats.inline_requests)
+    rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=20, inline_bytes=inline_bytes)
     staging = None
     chunk_counts = []
     for i, case in enumerate(CASES):
@@ -99,13 +100,18 @@ def _assemble(rx, want):
 
 
 @pytest.mark.parametrize(
-    "cap,hidden",
-    [(CAP, 16), (64, 384)],  # small packed chunks / large zero-copy chunks (> PACK_LIMIT bytes)
-    ids=["packed", "zero_copy"],
+    "cap,hidden,inline_bytes",
+    # small packed chunks (one-chunk requests inline with their header) / large zero-copy chunks
+    # (> PACK_LIMIT bytes) / no inline data: header first, data on request (the NCCL path)
+    [(CAP, 16, None), (64, 384, None), (CAP, 16, 0)],
+    ids=["packed", "zero_copy", "header_then_data"],
 )
-def test_recv_is_bit_exact_and_ships_only_visual_rows(cap, hidden):
-    (per_request, resent, chunks_sent), (staging, _) = run_ranks(_deliver, args=(cap, hidden, False), timeout=90)
+def test_recv_is_bit_exact_and_ships_only_visual_rows(cap, hidden, inline_bytes):
+    (per_request, resent, chunks_sent, inline), (staging, _) = run_ranks(
+        _deliver, args=(cap, hidden, False, inline_bytes), timeout=90)
     assert resent == 0
+    one_chunk = sum(1 for i, c in enumerate(CASES) if c[1] * c[2] <= cap)
+    assert inline == (0 if inline_bytes == 0 else one_chunk)
     from hf_qwen3_deepstack.transfer.protocol import HEADER_WORDS
 
     total_chunks = 0

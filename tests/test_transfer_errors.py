@@ -6,7 +6,7 @@ import pytest
 import torch
 from _dist import assert_same, random_output, run_ranks
 
-CTRL_TAG, DATA_TAG = 101, 102  # DEFAULT_TAG + 1 / + 2
+CTRL_TAG, HEADER_TAG = 101, 103  # DEFAULT_TAG + 1 / + 3
 
 
 def _fake_sender(rank, corrupt):
@@ -28,10 +28,7 @@ def _fake_sender(rank, corrupt):
         else:
             words = h.to_tensor()
             words[{"magic": 0, "version": 1}[corrupt]] += 1
-        dist.send(words, dst=1, tag=DATA_TAG)
-        works = [dist.isend(m, dst=1, tag=DATA_TAG) for m in plan.messages(h)]  # data follows
-        time.sleep(1.0)  # the receiver may drain it (valid envelope) or drop the channel (corrupt one)
-        del works
+        dist.send(words, dst=1, tag=HEADER_TAG)  # a describe answer: no data follows it unasked
         return None
     rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10)
     try:
@@ -47,6 +44,43 @@ def test_wrong_header_names_request_and_field(corrupt):
     assert kind == "HeaderMismatch"
     assert field == corrupt and f"'{corrupt}'" in msg
     assert rid == 5 and "request 5" in msg
+
+
+def _refusing_sender(rank):
+    """Rank 0 describes request 5, then refuses the pull of its data (as a sender that lost it would)."""
+    import torch.distributed as dist
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, TransferError
+    from hf_qwen3_deepstack.transfer.chunking import SendPlan
+    from hf_qwen3_deepstack.transfer.protocol import (
+        CONTROL_WORDS, ERR_UNKNOWN_REQUEST, KIND_ERROR, ChunkHeader, Control)
+
+    if rank == 0:
+        ctrl = torch.empty(CONTROL_WORDS, dtype=torch.int64)
+        dist.recv(ctrl, src=1, tag=CTRL_TAG)  # "describe the next request"
+        plan = SendPlan.build(random_output(0, 1, 10, 2))
+        dist.send(plan.header(5, 0, 0, capacity=Control.from_tensor(ctrl).capacity).to_tensor(), dst=1, tag=HEADER_TAG)
+        dist.recv(ctrl, src=1, tag=CTRL_TAG)  # the pull of its data
+        pull = Control.from_tensor(ctrl)
+        refusal = ChunkHeader(kind=KIND_ERROR, request_id=pull.request_id, token_offset=pull.offset,
+                              error_code=ERR_UNKNOWN_REQUEST)
+        dist.send(refusal.to_tensor(), dst=1, tag=HEADER_TAG)
+        return pull.request_id, pull.offset
+    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, inline_bytes=0)
+    t0 = time.monotonic()
+    try:
+        rx.recv()
+    except TransferError as e:
+        return time.monotonic() - t0, str(e), e.request_id, e.field
+    raise AssertionError("no TransferError")
+
+
+def test_refused_data_pull_raises_at_once_naming_request_and_reason():
+    (rid, offset), (elapsed, msg, err_rid, field) = run_ranks(_refusing_sender, timeout=60)
+    assert (rid, offset) == (5, 0)
+    assert elapsed < 5  # the refusal ends the wait for the data; no timeout (10 s) needed
+    assert err_rid == 5 and "request 5" in msg and "refused" in msg
+    assert field == "unknown request id"
 
 
 def _expectation_mismatch(rank, field):

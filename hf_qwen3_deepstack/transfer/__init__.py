@@ -18,17 +18,28 @@ Pairwise use::
 
 Protocol (pull-based; `protocol.py` has the formats, `chunking.py` the layout)
 -----------------------------------------------------------------------------
-* The receiver sends a control message ``PULL(request_id, offset, capacity)``: "everything of
-  that request below `offset` is acknowledged; send the chunk starting there". ``request_id=NEXT``
-  asks for the first chunk of the oldest request not yet started. The final acknowledgement of
-  a request travels in the same message as the pull of the next request (``done_request_id``),
-  so between requests there is one control message and the next request is prefetched.
-* The sender answers each pull with one chunk: a fixed-size header (magic, version, kind,
-  request id, chunk index, token offset/count, total tokens, B, S, N, visual row offset/count,
-  K, H, dtype codes, image/video token ids, flags, section sizes, checksum), then its data: an
-  int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its tokens) and the
-  visual-embedding and deepstack rows of the visual tokens among them. Small chunks are packed
-  into one message; large ones go zero-copy as 1 + (1 + K) messages.
+Three tags per channel: control (receiver -> sender), headers and data (sender -> receiver). The
+sender never sends data into a receive that is not posted yet: on gloo a late-posted receive costs
+an extra rendezvous round trip that, measured, about doubles the time of a multi-MB message.
+
+* **Describe.** The receiver posts the receive of a header, then sends ``PULL(NEXT, capacity,
+  inline_bytes)``. The sender answers with the first chunk header of its oldest unstarted request
+  (or BYE once closed): magic, version, kind, request id, chunk index, token offset/count, total
+  tokens, B, S, N, visual row offset/count, K, H, dtype codes, image/video token ids, flags,
+  section sizes, checksum. A request that is one chunk of at most `inline_bytes` data bytes comes
+  **inline**, in the same message as its header (gloo only: it accepts a message shorter than the
+  posted receive, so the receiver posts ``256 + inline_bytes`` bytes; NCCL needs exact sizes,
+  so CUDA receivers use ``inline_bytes=0``). A small request is then one message end to end.
+* **Data.** With the header in hand the receiver knows every size: it posts the receives for the
+  chunk's data (straight into the result tensors where it can) and for the next chunk's header,
+  then sends ``PULL(request_id, offset)``: "everything below `offset` is acknowledged, send the
+  data of the chunk at `offset`". The sender sends it, then the header of the following chunk.
+  The pull of a request's last chunk also asks to describe the next request, so its header
+  travels while the receiver is still busy with this one; the final acknowledgement follows as
+  ``ACK`` (or rides on the next ``PULL(NEXT)``).
+* Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
+  tokens) and the visual-embedding and deepstack rows of the visual tokens among them. Small
+  chunks travel packed as one message; large ones zero-copy as 1 + (1 + K) messages.
 * Tokens are chunked along the flattened (B*S) order, `capacity_tokens` per chunk (the last one
   shorter). Deepstack rows always travel with the chunk of their tokens. Text tokens carry no
   embedding rows: bytes per request = per-token ids/positions/mask + visual rows x (1 + K) x H.
@@ -41,8 +52,10 @@ Receiver memory
 `EncoderOutputReceiver` allocates one staging buffer of
 ``8*(max_batch_size + 5*capacity_tokens) + (1+K)*capacity_tokens*H*itemsize`` bytes, once (at
 construction when `hidden_size`, `num_deepstack_levels` and `dtype` are given, else at the first
-request, whose values then become the expectations). A chunk never exceeds `capacity_tokens`
-tokens, so staging never holds more than that of a request. `recv_chunks()` yields views into the
+request, whose values then become the expectations), plus one header buffer of 256 bytes +
+`inline_bytes` (256 KB on CPU) per sender. A chunk never exceeds `capacity_tokens` tokens, so
+staging never holds more than that of a request. A one-chunk request that arrived inline is
+returned by `recv()` as views of its header buffer (no copy; the channel takes a fresh buffer). `recv_chunks()` yields views into the
 staging buffer (bounded memory end to end, e.g. for chunked prefill); `recv()` assembles the
 whole request, receiving large embedding blocks straight into the result tensors (saves one
 memcpy) and small ones through staging. `receiver.recycle(output)` hands a consumed result back so
@@ -58,7 +71,8 @@ Resume semantics
   byte is requested or sent twice.
 * **Consumer exception.** If a `recv_chunks()` consumer raises (or stops iterating) while holding
   a chunk, that chunk is *not* acknowledged. The next `recv_chunks()`/`resume(request_id)` pulls
-  again from the acknowledged offset, i.e. re-requests only that unacknowledged chunk. Chunks
+  again from the acknowledged offset, i.e. re-requests only the data of that unacknowledged chunk
+  (``PULL`` flagged data-only: the next header already arrived). Chunks
   acknowledged before are never sent again (the sender refuses a pull below the acknowledged
   offset; `sender.stats.payload_bytes_resent` counts unacknowledged chunks sent twice).
 * At most one request is in progress per receiver (the staging buffer holds one chunk), so while
@@ -71,8 +85,11 @@ Errors
 ------
 `TransferError` (base; `.request_id`, `.field`), `HeaderMismatch` (magic, version, checksum,
 request id, offset, count, dtype, H, K, batch size... disagree with expectations: the message names
-the request and the field; the receiver drains the chunk's data and rejects the request, so the
-sender's handle fails with a `HeaderMismatch` naming the field and the channel stays usable),
+the request and the field; the receiver rejects the request, so the sender's handle fails with a
+`HeaderMismatch` naming the field and the channel stays usable: no data follows a header unasked,
+so there is nothing to drain), a sender's refusal of a pull (an ``ERROR`` header: unknown request,
+bad offset) is raised at once as `TransferError` even while the data receives are posted (they
+stay posted, so that channel is unusable afterwards),
 `TransferTimeout` (silent peer: names request and offset), `PeerClosed` (sender closed: `recv()`
 raises it once every sender said goodbye; receiver closed: pending handles fail with it).
 
@@ -96,8 +113,10 @@ Call `sender.close()` (waits for in-flight requests, then answers the receiver's
 with BYE) and `receiver.close()` (tells senders to stop listening) on both sides before
 `dist.destroy_process_group()`: gloo aborts the process if a receive is still posted then.
 
-Threads: the sender runs a control-reader and a worker thread; the receiver one waiter thread per
-peer (gloo works cannot be polled and `wait(timeout)` closes a gloo connection on expiry).
+Threads: the sender runs a control-reader thread (it keeps the next control receive posted while
+answering) and a send-completion thread; the receiver two waiter threads per peer, one for
+headers and control sends and one for data (gloo works cannot be polled and `wait(timeout)`
+closes a gloo connection on expiry).
 """
 
 from .protocol import HeaderMismatch, PeerClosed, TransferError, TransferTimeout

@@ -145,13 +145,26 @@ class SendPlan:
         """(int_numel,) int64: [rope (B) if first][ids (c)][positions (3, c)][mask (c)]."""
         return torch.cat(self._int_parts(h))
 
+    def _embed_parts(self, h: ChunkHeader) -> list[torch.Tensor]:
+        """[visual rows (n, H)] + K x [deepstack rows (n, H)] of chunk `h` (empty without rows)."""
+        r0, n = h.row_offset, h.row_count
+        if not n:
+            return []
+        return [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
+
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
-        r0, n = h.row_offset, h.row_count
-        embeds = [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)] if n else []
         if h.packed:  # one memcpy of everything into one uint8 message
-            return [torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in self._int_parts(h) + embeds])]
-        return [t for t in [self.int_section(h)] + embeds if t.numel()]
+            return [_bytes_of(self._int_parts(h) + self._embed_parts(h))]
+        return [t for t in [self.int_section(h)] + self._embed_parts(h) if t.numel()]
+
+    def inline_message(self, h: ChunkHeader) -> torch.Tensor:
+        """Header and data of chunk `h` as one uint8 message (`FLAG_INLINE`, staging byte layout)."""
+        return _bytes_of([h.to_tensor()] + self._int_parts(h) + self._embed_parts(h))
+
+
+def _bytes_of(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in tensors])
 
 
 def int_numel(h: ChunkHeader) -> int:
@@ -242,6 +255,28 @@ def empty_result(h: ChunkHeader, device: torch.device, embed_buffer: torch.Tenso
         rope_deltas=torch.empty(b, 1, dtype=torch.int64, device=device),
         visual_embeds=flat[: n * hid].view(n, hid),
         deepstack_visual_embeds=flat[n * hid :].view(k, n, hid),
+        attention_mask=mask,
+        image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
+        video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id,
+    )
+
+
+def inline_result(views: ChunkViews, h: ChunkHeader) -> EncoderOutput:
+    """A one-chunk request received inline (staging byte layout): the result's tensors are views
+    of the buffer it arrived in, nothing is copied (except a mask of another dtype than int64)."""
+    parts = split_ints(views.ints, h)
+    b, s = h.batch_size, h.seq_len
+    mask = None
+    if parts.mask is not None:
+        mask = parts.mask.view(b, s)
+        if CODE_DTYPES[h.mask_dtype] != torch.int64:
+            mask = mask.to(CODE_DTYPES[h.mask_dtype])
+    return EncoderOutput(
+        input_ids=parts.ids.view(b, s),
+        position_ids=parts.pos.view(3, b, s),
+        rope_deltas=parts.rope.view(b, 1),
+        visual_embeds=views.visual,
+        deepstack_visual_embeds=views.deepstack,
         attention_mask=mask,
         image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
         video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id,

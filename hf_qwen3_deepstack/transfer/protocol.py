@@ -2,12 +2,14 @@
 
 Two message types travel as plain int64 tensors (never pickle):
 
-* ``ChunkHeader`` (sender -> receiver, ``HEADER_WORDS`` int64): precedes every chunk's data, or
-  says ``BYE`` (sender closed) / ``ERROR`` (sender refused a pull).
-* ``Control`` (receiver -> sender, ``CONTROL_WORDS`` int64): ``PULL`` (ack everything below
-  ``offset`` of ``request_id`` and send the chunk starting there; ``request_id == NEXT`` asks for
-  the first chunk of the next new request), optionally carrying ``done_request_id`` (that request
-  is fully acknowledged), or ``CLOSE`` (receiver is going away).
+* ``ChunkHeader`` (sender -> receiver, ``HEADER_WORDS`` int64, on the header tag): describes one
+  chunk before the receiver asks for its data (or carries it inline, ``FLAG_INLINE``), or says
+  ``BYE`` (sender closed) / ``ERROR`` (sender refused a pull).
+* ``Control`` (receiver -> sender, ``CONTROL_WORDS`` int64): ``PULL`` with ``request_id == NEXT``
+  ("describe the next new request": answered by its first chunk header), ``PULL`` of a request
+  at ``offset`` (everything below is acknowledged; the receiver has posted the receives for the
+  data of the chunk at ``offset`` and for the header of the chunk after it: send both), ``ACK``
+  (``done_request_id`` is fully acknowledged; also carried by a ``PULL``), ``REJECT`` or ``CLOSE``.
 
 Both end with a checksum word so a corrupted or misaligned message is caught before any field
 is trusted.
@@ -20,8 +22,9 @@ from dataclasses import dataclass, fields
 import torch
 
 MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
-VERSION = 1
+VERSION = 2
 HEADER_WORDS = 32
+HEADER_BYTES = 8 * HEADER_WORDS
 CONTROL_WORDS = 16
 NEXT = -1  # request id in a PULL: "the next new request"
 NONE_ID = -1  # absent image/video token id, absent mask dtype, no done request
@@ -34,11 +37,17 @@ KIND_ERROR = 3
 KIND_PULL = 16
 KIND_CLOSE = 17
 KIND_REJECT = 18  # receiver refuses a request whose header disagrees with its expectations
+KIND_ACK = 19  # acknowledgement only (done_request_id)
+
+# control flags (PULL of a request)
+PULL_DATA_ONLY = 1  # re-send this chunk's data, not the next header (the receiver has it)
+PULL_DESCRIBE_NEXT = 2  # after the last chunk's data, describe the next request (prefetch)
 
 # chunk flags
 FLAG_FIRST = 1
 FLAG_LAST = 2
 FLAG_PACKED = 4  # ints + embeddings in one uint8 message (small chunks)
+FLAG_INLINE = 8  # the (packed) data follows the header in the same message
 
 # sender error codes (KIND_ERROR headers)
 ERR_UNKNOWN_REQUEST = 1
@@ -147,6 +156,10 @@ class ChunkHeader:
     def packed(self) -> bool:
         return bool(self.flags & FLAG_PACKED)
 
+    @property
+    def inline(self) -> bool:
+        return bool(self.flags & FLAG_INLINE)
+
     def to_words(self) -> list[int]:
         return _seal(self, HEADER_WORDS)
 
@@ -175,6 +188,8 @@ class Control:
     done_request_id: int = NONE_ID  # this request is fully acknowledged
     done_total: int = 0  # its total tokens (cross-check)
     reason: int = 0  # KIND_REJECT: index of the offending ChunkHeader field
+    flags: int = 0  # PULL_* flags
+    inline_bytes: int = 0  # PULL(NEXT): data bytes the receiver accepts inline after a first header
 
     def to_words(self) -> list[int]:
         return _seal(self, CONTROL_WORDS)

@@ -13,11 +13,13 @@ import torch.distributed as dist
 from ..encoder_output import EncoderOutput
 from ._wait import Pending, Waiter, is_cuda, remaining, wait_all
 from .chunking import (
+    PACK_LIMIT,
     ChunkViews,
     count_visual,
     direct_views,
     embed_nbytes,
     empty_result,
+    inline_result,
     int_numel,
     scatter_chunk,
     split_ints,
@@ -29,7 +31,8 @@ from .protocol import (
     CONTROL_WORDS,
     EMBED_DTYPES,
     ERROR_NAMES,
-    HEADER_WORDS,
+    HEADER_BYTES,
+    KIND_ACK,
     KIND_BYE,
     KIND_CHUNK,
     KIND_CLOSE,
@@ -39,6 +42,8 @@ from .protocol import (
     MASK_DTYPES,
     NEXT,
     NONE_ID,
+    PULL_DATA_ONLY,
+    PULL_DESCRIBE_NEXT,
     ChunkHeader,
     Control,
     HeaderMismatch,
@@ -82,17 +87,27 @@ class EncoderOutputChunk:
 
 
 class _Channel:
-    """Per-peer state: header buffer, waiter thread, the (single) outstanding pull."""
+    """Per-peer state: header buffer, the outstanding header receive, waiter threads."""
 
-    def __init__(self, peer: int, device: torch.device, cond: threading.Condition):
+    def __init__(self, peer: int, device: torch.device, cond: threading.Condition, inline_bytes: int):
         self.peer = peer
-        self.header_buf = torch.empty(HEADER_WORDS, dtype=torch.int64, device=device)
-        self.waiter = Waiter(f"rx-wait-{peer}", cond, cuda=is_cuda(device))
+        # a header, or a first header + the whole (small) request inline
+        self.header_buf = torch.empty(HEADER_BYTES + inline_bytes, dtype=torch.uint8, device=device)
+        self.inline_bytes = inline_bytes
+        # headers and control sends complete on one thread, data on another: a refused pull (ERROR
+        # header) is seen while its data receives are still posted
+        self.header_waiter = Waiter(f"rx-hdr-{peer}", cond, cuda=is_cuda(device))
+        self.data_waiter = Waiter(f"rx-data-{peer}", cond, cuda=is_cuda(device))
         self.header: Pending | None = None  # outstanding header receive
-        self.header_for: tuple[int, int] = (NEXT, 0)  # (request id, offset) it answers
         self.closed = False  # sender said BYE
         self.broken: BaseException | None = None
-        self.completed_at = 0.0
+
+    def parse_header(self, request_id: int) -> ChunkHeader:
+        return ChunkHeader.from_tensor(self.header_buf[:HEADER_BYTES].view(torch.int64).cpu(), request_id)
+
+    def stop(self) -> None:
+        self.header_waiter.stop()
+        self.data_waiter.stop()
 
 
 @dataclass
@@ -108,14 +123,21 @@ class _Active:
     acked: int = 0  # tokens acknowledged
     rows_acked: int = 0
     chunks: int = 0
+    zero_copy: bool = False  # `result` is a view of the buffer the request arrived in
     header: ChunkHeader | None = None  # header of the chunk in progress
     views: ChunkViews | None = None
     payload: list[Pending] | None = None
     stage: str = "have_header"  # await_header | have_header | await_payload | received | unacked
+    # await_header: the header of the chunk at `acked` is being received (posted with the last pull)
+    # have_header: it is here, its data not yet asked for; await_payload: data asked for, in flight
+    # received: data here, not yet acknowledged; unacked: a recv_chunks() consumer left holding it
 
 
 class EncoderOutputReceiver:
-    """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring)."""
+    """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring).
+
+    `inline_bytes`: data bytes a one-chunk request may carry in its header message (default 256 KB
+    on CPU/gloo, 0 on CUDA: NCCL needs exact message sizes); 0 always asks header, then data."""
 
     def __init__(
         self,
@@ -130,6 +152,7 @@ class EncoderOutputReceiver:
         dtype: torch.dtype | None = None,
         max_batch_size: int = 1024,
         tag: int = DEFAULT_TAG,
+        inline_bytes: int | None = None,
     ):
         if capacity_tokens <= 0:
             raise ValueError("capacity_tokens must be positive")
@@ -145,14 +168,18 @@ class EncoderOutputReceiver:
         self.num_deepstack_levels = num_deepstack_levels
         self.dtype = dtype
         self.max_batch_size = max_batch_size
-        self.ctrl_tag, self.data_tag = tag + 1, tag + 2
+        self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
+        if inline_bytes is None:  # gloo accepts a message shorter than the posted receive; NCCL does not
+            inline_bytes = PACK_LIMIT if self.device.type == "cpu" else 0
+        self.inline_bytes = inline_bytes
         self._cond = threading.Condition()
-        self._channels = [_Channel(p, self.device, self._cond) for p in peers]
+        self._channels = [_Channel(p, self.device, self._cond, inline_bytes) for p in peers]
         self._rr = 0
         self._active: _Active | None = None
         self._staging: torch.Tensor | None = None
         self._pool: torch.Tensor | None = None  # a recycled embedding buffer (see recycle())
-        self._owned: dict[int, None] = {}  # storage pointers of recent results (ordered set)
+        self._header_pool: list[torch.Tensor] = []  # recycled inline buffers
+        self._owned: dict[int, bool] = {}  # storage pointer of recent results -> arrived inline
         self.last_peer: int | None = None
         self.bytes_received = 0  # headers + data
         self.payload_bytes_received = 0
@@ -205,9 +232,12 @@ class EncoderOutputReceiver:
         key = output.visual_embeds.untyped_storage().data_ptr()
         if key not in self._owned:  # not ours (or handed back already)
             return
-        del self._owned[key]
+        inline = self._owned.pop(key)
         buf = torch.empty(0, dtype=torch.uint8, device=self.device).set_(output.visual_embeds.untyped_storage())
-        if self._pool is None or buf.numel() > self._pool.numel():
+        if inline:
+            if len(self._header_pool) < 2:
+                self._header_pool.append(buf)
+        elif self._pool is None or buf.numel() > self._pool.numel():
             self._pool = buf
 
     def _take_pooled(self, h: ChunkHeader) -> torch.Tensor | None:
@@ -228,18 +258,15 @@ class EncoderOutputReceiver:
         for ch in self._channels:
             if ch.broken is not None:
                 continue
-            try:
+            try:  # data only ever follows a pull: waiting for what was asked for leaves nothing posted
                 self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
                 if self._active is not None and self._active.ch is ch and self._active.payload:
                     wait_all(self._active.payload, deadline)
                 if ch.header is not None and wait_all([ch.header], deadline):
-                    h = ChunkHeader.from_tensor(ch.header_buf.cpu())
                     ch.header = None
-                    if h.kind == KIND_CHUNK:
-                        self._drain(ch, h, deadline)
             except Exception:  # noqa: BLE001 - best effort on shutdown
                 pass
-            ch.waiter.stop()
+            ch.stop()
         self._active = None
 
     def __enter__(self) -> "EncoderOutputReceiver":
@@ -261,7 +288,13 @@ class EncoderOutputReceiver:
     def _post_next_pulls(self) -> None:
         for ch in self._channels:
             if ch.header is None and not ch.closed and ch.broken is None:
-                self._pull(ch, Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens))
+                self._pull(ch, self._describe_next())
+
+    def _describe_next(self, done: _Active | None = None) -> Control:
+        ctrl = Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens, inline_bytes=self.inline_bytes)
+        if done is not None:
+            ctrl.done_request_id, ctrl.done_total = done.request_id, done.first.total_tokens
+        return ctrl
 
     def _start(self, deadline: float, mode: str) -> _Active:
         while True:
@@ -278,17 +311,35 @@ class EncoderOutputReceiver:
                 ch.closed = True
                 continue
             self._validate_first(ch, h)
+            if h.inline:
+                return self._start_inline(ch, h, mode)
             rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
             result = None
             if mode == "recv":
                 result = empty_result(h, self.device, self._take_pooled(h))
                 if result.visual_embeds.untyped_storage().nbytes():
-                    self._owned[result.visual_embeds.untyped_storage().data_ptr()] = None
-            if result is not None:
+                    self._owned[result.visual_embeds.untyped_storage().data_ptr()] = False
                 rope = result.rope_deltas
             self._active = _Active(ch, h.request_id, h, mode, result, rope, header=h)
             self.last_peer = ch.peer
             return self._active
+
+    def _start_inline(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
+        """The whole request came with its header. `recv()` returns views of that buffer (the
+        channel takes a fresh one); `recv_chunks()` yields them as its only chunk."""
+        views = staging_views(ch.header_buf[HEADER_BYTES:], h)
+        self.bytes_received += h.int_bytes + h.embed_bytes
+        self.payload_bytes_received += h.int_bytes + h.embed_bytes
+        rope = split_ints(views.ints, h).rope.view(h.batch_size, 1)
+        act = self._active = _Active(ch, h.request_id, h, mode, None, rope, header=h, views=views, stage="received")
+        self.last_peer = ch.peer
+        self._check_rows(act)
+        if mode == "recv":
+            act.result, act.zero_copy = inline_result(views, h), True
+            self._owned[ch.header_buf.untyped_storage().data_ptr()] = True
+            ch.header_buf = (self._header_pool.pop() if self._header_pool
+                             else torch.empty_like(ch.header_buf))
+        return act
 
     def _ready_channel(self, live: list[_Channel], deadline: float) -> _Channel:
         n = len(live)
@@ -314,9 +365,9 @@ class EncoderOutputReceiver:
             ch.broken = p.error
             raise TransferError(f"{req_name(request_id)} at token offset {offset}: receive from rank {ch.peer} "
                                 f"failed: {p.error}", request_id, "connection") from p.error
-        self.bytes_received += HEADER_WORDS * 8
+        self.bytes_received += HEADER_BYTES
         try:
-            h = ChunkHeader.from_tensor(ch.header_buf.cpu(), request_id)
+            h = ch.parse_header(request_id)
         except HeaderMismatch:
             ch.broken = TransferError("corrupt header")
             raise
@@ -387,15 +438,17 @@ class EncoderOutputReceiver:
             if h.int_bytes + h.embed_bytes > self._staging.numel():
                 raise mismatch(rid, "embed_dtype", CODE_DTYPES[h.embed_dtype],
                                f"a dtype whose chunk fits the {self._staging.numel()}-byte staging buffer", offset)
+            if h.inline and (not (h.first and h.last) or h.int_bytes + h.embed_bytes > ch.inline_bytes):
+                raise mismatch(rid, "flags", h.flags, f"inline data only for a one-chunk request of at most "
+                               f"{ch.inline_bytes} bytes", offset)
         except HeaderMismatch as e:
             self._reject(ch, h, e)
             raise
 
     def _reject(self, ch: _Channel, h: ChunkHeader, err: HeaderMismatch) -> None:
-        """Drain the data of a well-formed but unacceptable chunk, tell the sender, drop the request."""
-        deadline = self._deadline(None)
+        """Tell the sender a well-formed header is unacceptable and drop the request. No data
+        follows a header unasked (inline data came in the same message), so nothing is drained."""
         try:
-            self._drain(ch, h, deadline)
             field = err.field if err.field in _HEADER_FIELDS else "flags"
             self._send_ctrl(ch, Control(kind=KIND_REJECT, request_id=h.request_id, offset=h.token_offset,
                                         capacity=self.capacity_tokens, reason=_HEADER_FIELDS.index(field)))
@@ -404,33 +457,12 @@ class EncoderOutputReceiver:
         if self._active is not None and self._active.request_id == h.request_id and self._active.ch is ch:
             self._active = None
 
-    def _drain(self, ch: _Channel, h: ChunkHeader, deadline: float) -> None:
-        sizes = self._message_sizes(h)
-        if self._staging is None:
-            self._allocate()
-        if any(s > self._staging.numel() for s in sizes) or any(s < 0 for s in sizes):
-            raise TransferError(f"{req_name(h.request_id)}: cannot drain a {sum(sizes)}-byte chunk")
-        pend = ch.waiter.submit_many([(self._irecv(ch, self._staging[:s]), None, s) for s in sizes if s])
-        if not wait_all(pend, deadline):
-            raise TransferTimeout(f"{req_name(h.request_id)}: drain timed out", h.request_id, h.token_offset)
-
-    @staticmethod
-    def _message_sizes(h: ChunkHeader) -> list[int]:
-        if h.packed:
-            return [h.int_bytes + h.embed_bytes]
-        sizes = [h.int_bytes]
-        if h.row_count:
-            sizes += [h.embed_bytes // (1 + h.num_deepstack_levels)] * (1 + h.num_deepstack_levels)
-        return sizes
-
     # ------------------------------------------------------------------ chunk loop
     def _advance(self, act: _Active, deadline: float) -> None:
         """Drive `act` until its current chunk is received (stage 'received')."""
         ch = act.ch
-        if act.stage == "unacked":  # consumer raised: ask for the chunk again
-            self._pull(ch, Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
-                                   capacity=self.capacity_tokens))
-            act.stage = "await_header"
+        if act.stage == "unacked":  # consumer raised: ask for the same chunk's data again
+            self._request_data(act, resend=True)
         if act.stage == "await_header":
             if not wait_all([ch.header], deadline):
                 raise self._timeout(act)
@@ -442,36 +474,69 @@ class EncoderOutputReceiver:
             self._validate_chunk(ch, h, act.request_id, act.acked, act.rows_acked, act.first)
             act.header, act.stage = h, "have_header"
         if act.stage == "have_header":
-            h = act.header
-            if act.result is not None:
-                act.views = direct_views(self._staging, h, act.result)
-            else:
-                act.views = staging_views(self._staging, h)
-            act.payload = ch.waiter.submit_many([(self._irecv(ch, t), None, t.numel() * t.element_size())
-                                                 for t in act.views.targets])
-            act.stage = "await_payload"
+            self._request_data(act)
         if act.stage == "await_payload":
-            try:
-                ok = wait_all(act.payload, deadline)
-            except Exception as e:
-                ch.broken = e
-                self._active = None
-                raise TransferError(f"{req_name(act.request_id)} at token offset {act.acked}: receive from rank "
-                                    f"{ch.peer} failed: {e}", act.request_id, "connection") from e
-            if not ok:
-                raise self._timeout(act)
-            h = act.header
+            self._await_payload(act, deadline)
             nbytes = sum(p.nbytes for p in act.payload)
             self.bytes_received += nbytes
             self.payload_bytes_received += nbytes
             act.payload = None
-            ids = split_ints(act.views.ints, h).ids
-            seen = count_visual(ids, h)
-            if seen != h.row_count:
-                self._active = None
-                raise mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)",
-                               act.acked)
+            self._check_rows(act)
             act.stage = "received"
+
+    def _request_data(self, act: _Active, resend: bool = False) -> None:
+        """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
+        then pull it: the sender only sends into receives that are already posted."""
+        ch, h = act.ch, act.header
+        act.views = (direct_views(self._staging, h, act.result) if act.result is not None
+                     else staging_views(self._staging, h))
+        act.payload = ch.data_waiter.submit_many(
+            [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in act.views.targets])
+        ctrl = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
+                       inline_bytes=self.inline_bytes)
+        if resend or ch.header is not None:  # the next header is here or on its way already
+            ctrl.flags = PULL_DATA_ONLY
+        elif h.last:
+            ctrl.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
+        self._pull(ch, ctrl, expect_header=not ctrl.flags & PULL_DATA_ONLY)
+        act.stage = "await_payload"
+
+    def _await_payload(self, act: _Active, deadline: float) -> None:
+        """Wait for the chunk's data; a sender's refusal (ERROR header) ends the wait early."""
+        ch = act.ch
+        with self._cond:
+            while not all(p.done() for p in act.payload):
+                if ch.header is not None and ch.header.done() and ch.header.error is None:
+                    peek = ch.parse_header(act.request_id)
+                    if peek.kind == KIND_ERROR:  # its data receives stay posted: the channel is unusable
+                        ch.broken = TransferError("sender refused a pull")
+                        self._active = None
+                        self._take_header(ch, act.request_id, act.acked)  # raises, naming the refusal
+                left = remaining(deadline)
+                if left <= 0:
+                    raise self._timeout(act)
+                self._cond.wait(left)
+        for p in act.payload:
+            if p.error is not None:
+                ch.broken = p.error
+                self._active = None
+                raise TransferError(f"{req_name(act.request_id)} at token offset {act.acked}: receive from rank "
+                                    f"{ch.peer} failed: {p.error}", act.request_id, "connection") from p.error
+
+    def _check_rows(self, act: _Active) -> None:
+        """The chunk's ids must hold as many placeholders as it carries visual rows; else the
+        request is rejected (the sender's handle fails naming `row_count`)."""
+        h = act.header
+        seen = count_visual(split_ints(act.views.ints, h).ids, h)
+        if seen == h.row_count:
+            return
+        err = mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)", act.acked)
+        ch = act.ch
+        if not h.last and ch.header is not None:  # the next chunk's header is on its way: let it land
+            wait_all([ch.header], self._deadline(None))
+            ch.header = None
+        self._reject(ch, h, err)
+        raise err
 
     def _timeout(self, act: _Active) -> TransferTimeout:
         what = "chunk header" if act.stage == "await_header" else "chunk data"
@@ -480,30 +545,32 @@ class EncoderOutputReceiver:
             f"timeout; call recv()/resume({act.request_id}) to continue", act.request_id, act.acked)
 
     def _ack(self, act: _Active) -> bool:
-        """Acknowledge the received chunk; pull the next one. True when the request is complete."""
+        """Acknowledge the received chunk. True when the request is complete. (The next chunk's
+        data pull, sent once its header is here, carries the acknowledgement of this one.)"""
         h = act.header
         act.acked += h.token_count
         act.rows_acked += h.row_count
         act.chunks += 1
         act.stage = "await_header"
+        if not h.last:
+            return False
+        self._active = None
+        self.requests_received += 1
+        if len(self._owned) > 64:  # results never recycled: forget the oldest
+            self._owned.pop(next(iter(self._owned)))
         ch = act.ch
-        if h.last:
-            self._active = None
-            self.requests_received += 1
-            if len(self._owned) > 64:  # results never recycled: forget the oldest
-                self._owned.pop(next(iter(self._owned)))
-            # final ack + pull of the next request in one message (prefetch)
-            self._pull(ch, Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens,
-                                   done_request_id=act.request_id, done_total=act.first.total_tokens))
-            return True
-        self._pull(ch, Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
-                               capacity=self.capacity_tokens))
-        return False
+        if ch.header is None:  # next request not prefetched yet: final ack + describe-next in one message
+            self._pull(ch, self._describe_next(done=act))
+        else:
+            self._send_ctrl(ch, Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
+                                        done_request_id=act.request_id, done_total=act.first.total_tokens))
+        return True
 
     def _drive_recv(self, act: _Active, deadline: float) -> EncoderOutput:
         while True:
             self._advance(act, deadline)
-            scatter_chunk(act.views, act.header, act.result)
+            if not act.zero_copy:
+                scatter_chunk(act.views, act.header, act.result)
             if self._ack(act):
                 return act.result
 
@@ -529,15 +596,18 @@ class EncoderOutputReceiver:
                 return
 
     # ------------------------------------------------------------------ wire
-    def _pull(self, ch: _Channel, ctrl: Control) -> None:
-        """Send a control message and post the receive of its answer's header."""
-        sent = self._post_ctrl(ch, ctrl)
-        header = self._irecv(ch, ch.header_buf)
-        ch.header = ch.waiter.submit_many([sent, (header, None, 0)])[1]
-        ch.header_for = (ctrl.request_id, ctrl.offset)
+    def _pull(self, ch: _Channel, ctrl: Control, expect_header: bool = True) -> None:
+        """Post the receive of the answer's header (unless none is expected), then send `ctrl`."""
+        items = []
+        if expect_header:
+            items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
+        items.append(self._post_ctrl(ch, ctrl))
+        pend = ch.header_waiter.submit_many(items)
+        if expect_header:
+            ch.header = pend[0]
 
     def _send_ctrl(self, ch: _Channel, ctrl: Control) -> None:
-        ch.waiter.submit_many([self._post_ctrl(ch, ctrl)])
+        ch.header_waiter.submit_many([self._post_ctrl(ch, ctrl)])
 
     def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
         """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""
@@ -547,8 +617,8 @@ class EncoderOutputReceiver:
         self.ctrl_bytes_sent += CONTROL_WORDS * 8
         return dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), t, 0
 
-    def _irecv(self, ch: _Channel, t: torch.Tensor):
-        return dist.irecv(t, src=ch.peer, group=self.group, tag=self.data_tag)
+    def _irecv(self, ch: _Channel, t: torch.Tensor, tag: int):
+        return dist.irecv(t, src=ch.peer, group=self.group, tag=tag)
 
 
 __all__ = ["EncoderOutputReceiver", "EncoderOutputChunk"]

@@ -23,11 +23,15 @@ from .protocol import (
     HEADER_WORDS,
     KIND_BYE,
     KIND_CLOSE,
+    KIND_ACK,
     KIND_ERROR,
     KIND_PULL,
     KIND_REJECT,
+    FLAG_INLINE,
     NEXT,
     NONE_ID,
+    PULL_DATA_ONLY,
+    PULL_DESCRIBE_NEXT,
     ChunkHeader,
     Control,
     HeaderMismatch,
@@ -37,7 +41,7 @@ from .protocol import (
     req_name,
 )
 
-DEFAULT_TAG = 100  # gloo tags: base+1 receiver->sender control, base+2 sender->receiver data
+DEFAULT_TAG = 100  # tags: base+1 receiver->sender control, base+2 data, base+3 headers (sender->receiver)
 
 
 class SendHandle:
@@ -80,10 +84,8 @@ class _Request:
     plan: SendPlan
     handle: SendHandle
     acked: int = 0  # tokens acknowledged by the receiver
-    sent_upto: int = 0  # end of the furthest chunk sent
-    chunk_index: int = 0
-    started: bool = False
-    prepared: tuple | None = None  # (capacity, header, messages) of chunk 0, built in isend()
+    sent_upto: int = 0  # end of the furthest chunk whose data was sent
+    described: int = -1  # offset of the furthest chunk whose header was sent
 
 
 @dataclass
@@ -95,6 +97,7 @@ class SenderStats:
     chunks_sent: int = 0
     messages_sent: int = 0
     requests_done: int = 0
+    inline_requests: int = 0  # one-chunk requests sent inline with their header (one message)
     per_request_bytes: dict[int, int] = field(default_factory=dict)
 
 
@@ -122,7 +125,7 @@ class EncoderOutputSender:
         self.group = group
         self.timeout = timeout
         self.max_in_flight = max_in_flight
-        self.ctrl_tag, self.data_tag = tag + 1, tag + 2
+        self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
         self.device = torch.device(device) if device is not None else None
         self.on_chunk = on_chunk
         self.stats = SenderStats()
@@ -136,7 +139,6 @@ class EncoderOutputSender:
         self._closing = False
         self._dead: BaseException | None = None
         self._sends: list[Pending] = []  # issued sends not yet known complete
-        self._last_capacity = 0  # the receiver's capacity, learned from its pulls
         self._send_waiter = Waiter(f"tx-send-{peer}", cuda=is_cuda(self.device))
         self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
         self._reader.start()
@@ -162,10 +164,6 @@ class EncoderOutputSender:
         if self.device is None:
             self.device = output.input_ids.device
         handle = SendHandle(request_id, plan.total, self.timeout)
-        prepared = None
-        if self._last_capacity:  # build chunk 0 now, off the critical path of the receiver's pull
-            h0 = plan.header(request_id, 0, 0, self._last_capacity)
-            prepared = (self._last_capacity, h0, plan.messages(h0))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._cond:
             while len(self._requests) >= self.max_in_flight and self._dead is None:
@@ -186,13 +184,13 @@ class EncoderOutputSender:
             if request_id in self._requests or request_id < 0:
                 raise TransferError(f"{req_name(request_id)}: request id already in flight or negative", request_id,
                                     "request_id")
-            req = _Request(request_id, plan, handle, prepared=prepared)
+            req = _Request(request_id, plan, handle)
             self._requests[request_id] = req
             self._unstarted.append(req)
             if self._pending_next is not None:  # the receiver is waiting: answer from here
                 ctrl, self._pending_next = self._pending_next, None
                 try:
-                    self._answer_next(ctrl)
+                    self._describe_next(ctrl)
                 except BaseException as e:  # noqa: BLE001
                     self._fail_all(_as_transfer_error(e, self.peer))
             self._cond.notify_all()
@@ -238,12 +236,20 @@ class EncoderOutputSender:
     # ------------------------------------------------------------------ threads
     def _read_loop(self) -> None:
         cuda = is_cuda(self.device)
+
+        def post() -> tuple:
+            buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
+            return dist.irecv(buf, src=self.peer, group=self.group, tag=self.ctrl_tag), buf
+
         try:
+            nxt = post()
             while True:
-                buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
-                work = dist.irecv(buf, src=self.peer, group=self.group, tag=self.ctrl_tag)
+                work, buf = nxt
                 block_on(work, cuda)
                 ctrl = Control.from_tensor(buf.cpu())
+                # the next receive is posted before answering: the receiver's next control message
+                # (sent as soon as our answer lands) then never waits for a late-posted receive
+                nxt = post() if ctrl.kind != KIND_CLOSE else None
                 with self._cond:
                     self._check_sends()
                     if self._handle(ctrl):
@@ -267,6 +273,8 @@ class EncoderOutputSender:
                 self._send_header(ChunkHeader(kind=KIND_BYE))
             self._fail_all(PeerClosed(f"receiver rank {self.peer} closed"))
             return True
+        if ctrl.kind == KIND_ACK:
+            return False
         if ctrl.kind == KIND_REJECT:
             with self._cond:
                 req = self._requests.get(ctrl.request_id)
@@ -277,33 +285,65 @@ class EncoderOutputSender:
             self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_CONTROL)
             return False
         if ctrl.request_id == NEXT:
-            if not self._unstarted and not self._closing:
-                self._pending_next = ctrl  # answered by the next isend (or BYE at close)
-                return False
             self._answer_next(ctrl)
             return False
         return self._answer_pull(ctrl)
 
     def _answer_next(self, ctrl: Control) -> None:
+        """Answer "describe the next request": now, or from the next `isend` (or BYE at close)."""
+        if not self._unstarted and not self._closing:
+            self._pending_next = ctrl
+        else:
+            self._describe_next(ctrl)
+
+    def _describe_next(self, ctrl: Control) -> None:
+        """Send the first chunk header of the oldest unstarted request; its data too (inline) when
+        the whole request is one chunk that fits the receiver's inline allowance."""
         with self._cond:
             req = self._unstarted.popleft() if self._unstarted else None
         if req is None:  # closing and nothing left
             self._send_header(ChunkHeader(kind=KIND_BYE))
             return
-        req.started = True
-        self._send_chunk(req, 0, ctrl.capacity)
+        h = req.plan.header(req.request_id, 0, 0, ctrl.capacity)
+        req.described = 0
+        if h.last and h.int_bytes + h.embed_bytes <= ctrl.inline_bytes:
+            h.flags |= FLAG_INLINE
+            if self.on_chunk is not None:
+                self.on_chunk(req.request_id, 0, h.token_count)
+            msg = req.plan.inline_message(h)
+            self._isend_many([msg], self.header_tag)
+            self._count_data(req, h, msg.numel() - HEADER_WORDS * 8, 1)
+            self.stats.inline_requests += 1
+            self._count_header(req.request_id)
+            return
+        self._send_header(h)
 
     def _answer_pull(self, ctrl: Control) -> bool:
+        """Data of the chunk at `offset` (the receiver has its header), then the next chunk's header."""
         with self._cond:
             req = self._requests.get(ctrl.request_id)
         if req is None:
             self._send_error(ctrl.request_id, ctrl.offset, ERR_UNKNOWN_REQUEST)
             return False
-        if not (req.acked <= ctrl.offset <= req.sent_upto) or ctrl.offset >= req.plan.total:
-            self._send_error(ctrl.request_id, ctrl.offset, ERR_BAD_OFFSET)
+        cap, o = ctrl.capacity, ctrl.offset
+        if not (req.acked <= o <= req.described) or o >= req.plan.total or o % cap:
+            self._send_error(ctrl.request_id, o, ERR_BAD_OFFSET)
             return False
-        req.acked = req.handle.acked_offset = ctrl.offset
-        self._send_chunk(req, ctrl.offset, ctrl.capacity)
+        req.acked = req.handle.acked_offset = o
+        h = req.plan.header(req.request_id, o // cap, o, cap)
+        if self.on_chunk is not None:
+            self.on_chunk(req.request_id, o, h.token_count)
+        msgs = req.plan.messages(h)
+        works = self._isend_many(msgs, self.data_tag)
+        self._count_data(req, h, sum(m.numel() * m.element_size() for m in msgs), len(works))
+        if ctrl.flags & PULL_DATA_ONLY:
+            return False
+        if not h.last:
+            nxt = o + h.token_count
+            req.described = nxt
+            self._send_header(req.plan.header(req.request_id, nxt // cap, nxt, cap))
+        elif ctrl.flags & PULL_DESCRIBE_NEXT:
+            self._answer_next(ctrl)
         return False
 
     def _reject(self, req: _Request, field_index: int) -> None:
@@ -342,50 +382,39 @@ class EncoderOutputSender:
             r.handle._finish(error)
 
     # ------------------------------------------------------------------ wire
-    def _send_chunk(self, req: _Request, offset: int, capacity: int) -> None:
-        self._last_capacity = capacity
-        prepared, req.prepared = req.prepared, None
-        if prepared is not None and offset == 0 and req.chunk_index == 0 and prepared[0] == capacity:
-            h, msgs = prepared[1], prepared[2]
-        else:
-            h = req.plan.header(req.request_id, req.chunk_index, offset, capacity)
-            msgs = None
-        if self.on_chunk is not None:
-            self.on_chunk(req.request_id, offset, h.token_count)
-        if msgs is None:
-            msgs = req.plan.messages(h)
-        works = self._isend_many([h.to_tensor(), *msgs])
-        nbytes = sum(m.numel() * m.element_size() for m in msgs)
+    def _count_data(self, req: _Request, h: ChunkHeader, nbytes: int, messages: int) -> None:
         s = self.stats
         s.payload_bytes_sent += nbytes
-        if offset < req.sent_upto:
+        if h.token_offset < req.sent_upto:
             s.payload_bytes_resent += nbytes
-        s.header_bytes_sent += HEADER_WORDS * 8
-        s.bytes_sent += nbytes + HEADER_WORDS * 8
+        s.bytes_sent += nbytes
         s.chunks_sent += 1
-        s.messages_sent += len(works)
-        s.per_request_bytes[req.request_id] = s.per_request_bytes.get(req.request_id, 0) + nbytes + HEADER_WORDS * 8
-        req.sent_upto = max(req.sent_upto, offset + h.token_count)
-        req.chunk_index += 1
+        s.messages_sent += messages
+        s.per_request_bytes[req.request_id] = s.per_request_bytes.get(req.request_id, 0) + nbytes
+        req.sent_upto = max(req.sent_upto, h.token_offset + h.token_count)
+
+    def _count_header(self, request_id: int = NONE_ID) -> None:
+        s = self.stats
+        s.header_bytes_sent += HEADER_WORDS * 8
+        s.bytes_sent += HEADER_WORDS * 8
+        if request_id != NONE_ID:
+            s.per_request_bytes[request_id] = s.per_request_bytes.get(request_id, 0) + HEADER_WORDS * 8
 
     def _send_header(self, h: ChunkHeader) -> None:
-        self._isend(h.to_tensor())
-        self.stats.header_bytes_sent += HEADER_WORDS * 8
-        self.stats.bytes_sent += HEADER_WORDS * 8
+        self._isend_many([h.to_tensor()], self.header_tag)
+        self.stats.messages_sent += 1
+        self._count_header(h.request_id if h.kind != KIND_ERROR else NONE_ID)
 
     def _send_error(self, request_id: int, offset: int, code: int) -> None:
         self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
 
-    def _isend(self, t: torch.Tensor) -> Pending:
-        return self._isend_many([t])[0]
-
-    def _isend_many(self, tensors: list[torch.Tensor]) -> list[Pending]:
+    def _isend_many(self, tensors: list[torch.Tensor], tag: int) -> list[Pending]:
         """Post sends, in order; their completion is tracked by the send-waiter thread (which keeps
         the tensors alive), handed over in one batch (one thread wake-up)."""
         if self.device is not None:
             tensors = [t if t.device == self.device else t.to(self.device) for t in tensors]
         ps = self._send_waiter.submit_many(
-            [(dist.isend(t, dst=self.peer, group=self.group, tag=self.data_tag), t, 0) for t in tensors])
+            [(dist.isend(t, dst=self.peer, group=self.group, tag=tag), t, 0) for t in tensors])
         self._sends.extend(ps)
         return ps
 
