@@ -9,6 +9,16 @@ from _dist import assert_same, random_output, run_ranks
 CTRL_TAG, HEADER_TAG = 101, 103  # DEFAULT_TAG + 1 / + 3
 
 
+def _timed_recv_error(rx, error_type, attr):
+    """Time `rx.recv()` until it raises `error_type`: (seconds, message, request id, `attr`)."""
+    t0 = time.monotonic()
+    try:
+        rx.recv()
+    except error_type as e:
+        return time.monotonic() - t0, str(e), e.request_id, getattr(e, attr)
+    raise AssertionError(f"no {error_type.__name__}")
+
+
 def _fake_sender(rank, corrupt):
     """Rank 0 plays a broken sender: reads the pull, answers with a corrupted header."""
     import torch.distributed as dist
@@ -66,13 +76,8 @@ def _refusing_sender(rank):
                               error_code=ERR_UNKNOWN_REQUEST)
         dist.send(refusal.to_tensor(), dst=1, tag=HEADER_TAG)
         return pull.request_id, pull.offset
-    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, inline_bytes=0)
-    t0 = time.monotonic()
-    try:
-        rx.recv()
-    except TransferError as e:
-        return time.monotonic() - t0, str(e), e.request_id, e.field
-    raise AssertionError("no TransferError")
+    return _timed_recv_error(EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, inline_bytes=0),
+                             TransferError, "field")
 
 
 def test_refused_data_pull_raises_at_once_naming_request_and_reason():
@@ -130,13 +135,7 @@ def _silent_sender(rank):
     if rank == 0:
         time.sleep(2.5)  # never answers
         return None
-    rx = EncoderOutputReceiver(0, capacity_tokens=8, timeout=0.8)
-    t0 = time.monotonic()
-    try:
-        rx.recv()
-    except TransferTimeout as e:
-        return time.monotonic() - t0, str(e), e.request_id, e.offset
-    raise AssertionError("no TransferTimeout")
+    return _timed_recv_error(EncoderOutputReceiver(0, capacity_tokens=8, timeout=0.8), TransferTimeout, "offset")
 
 
 def test_silent_sender_times_out_naming_request_and_offset():
