@@ -73,9 +73,15 @@ class Waiter:
                     p.error = e
                 p.keep = None
                 p.event.set()
-                if self._cond is not None:
-                    with self._cond:
-                        self._cond.notify_all()
+                if p.error is not None:
+                    self._notify()
+            # one wake-up per batch: callers wait for whole batches (a chunk's data, a pull's answer)
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._cond is not None:
+            with self._cond:
+                self._cond.notify_all()
 
 
 def remaining(deadline: float) -> float:
