@@ -47,7 +47,10 @@ class EncoderOutput:
         ids = [i for i in (self.image_token_id, self.video_token_id) if i is not None]
         if not ids:
             raise ValueError("EncoderOutput has no image_token_id/video_token_id to locate visual positions.")
-        return torch.isin(self.input_ids, torch.tensor(ids, device=self.input_ids.device))
+        mask = self.input_ids == ids[0]
+        for i in ids[1:]:
+            mask |= self.input_ids == i
+        return mask
 
     def nbytes(self) -> int:
         """Bytes of tensor payload (what a transfer moves, excluding headers)."""
@@ -114,7 +117,7 @@ class EncoderOutput:
                 f"EncoderOutput carries K={k} deepstack levels, the language model expects K={num_deepstack_levels}."
             )
         if self.image_token_id is not None or self.video_token_id is not None:
-            placeholders = int(self.visual_pos_mask().sum())
+            placeholders = int(self.visual_pos_mask().count_nonzero())
             if placeholders != n:
                 raise ValueError(
                     f"EncoderOutput has {placeholders} image/video placeholder tokens in input_ids but "

@@ -145,22 +145,26 @@ class SendPlan:
         """(int_numel,) int64: [rope (B) if first][ids (c)][positions (3, c)][mask (c)]."""
         return torch.cat(self._int_parts(h))
 
-    def _embed_parts(self, h: ChunkHeader) -> list[torch.Tensor]:
-        """[visual rows (n, H)] + K x [deepstack rows (n, H)] of chunk `h` (empty without rows)."""
+    def _embed_parts(self, h: ChunkHeader, one_buffer: bool = False) -> list[torch.Tensor]:
+        """[visual rows (n, H)] + K x [deepstack rows (n, H)] of chunk `h` (empty without rows).
+        `one_buffer` (packing): all rows of the request -> the whole (K, N, H) deepstack as one
+        part (same bytes as its K row blocks back to back)."""
         r0, n = h.row_offset, h.row_count
         if not n:
             return []
+        if one_buffer and n == self.visual.shape[0]:
+            return [self.visual, self.deepstack]
         return [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
 
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
         if h.packed:  # one memcpy of everything into one uint8 message
-            return [_bytes_of(self._int_parts(h) + self._embed_parts(h))]
+            return [_bytes_of(self._int_parts(h) + self._embed_parts(h, one_buffer=True))]
         return [t for t in [self.int_section(h)] + self._embed_parts(h) if t.numel()]
 
     def inline_message(self, h: ChunkHeader) -> torch.Tensor:
         """Header and data of chunk `h` as one uint8 message (`FLAG_INLINE`, staging byte layout)."""
-        return _bytes_of([h.to_tensor()] + self._int_parts(h) + self._embed_parts(h))
+        return _bytes_of([h.to_tensor()] + self._int_parts(h) + self._embed_parts(h, one_buffer=True))
 
 
 def _bytes_of(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -173,12 +177,12 @@ def int_numel(h: ChunkHeader) -> int:
 
 
 def embed_nbytes(h: ChunkHeader) -> int:
-    itemsize = torch.empty((), dtype=CODE_DTYPES[h.embed_dtype]).element_size()
+    itemsize = CODE_DTYPES[h.embed_dtype].itemsize
     return (1 + h.num_deepstack_levels) * h.row_count * h.hidden_size * itemsize
 
 
 def staging_nbytes(capacity: int, max_batch_size: int, levels: int, hidden: int, dtype: torch.dtype) -> int:
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     return 8 * (max_batch_size + 5 * capacity) + (1 + levels) * capacity * hidden * itemsize
 
 
@@ -242,7 +246,7 @@ def empty_result(h: ChunkHeader, device: torch.device, embed_buffer: torch.Tenso
     deepstack share one flat buffer: `embed_buffer` (uint8, large enough) when given, else fresh."""
     b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_deepstack_levels, h.hidden_size
     dtype = CODE_DTYPES[h.embed_dtype]
-    nbytes = (1 + k) * n * hid * torch.empty((), dtype=dtype).element_size()
+    nbytes = (1 + k) * n * hid * dtype.itemsize
     if embed_buffer is None or embed_buffer.numel() < nbytes:
         embed_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
     flat = embed_buffer[:nbytes].view(dtype)
@@ -311,4 +315,4 @@ def visual_flags(ids: torch.Tensor, image_token_id: int, video_token_id: int) ->
 
 def count_visual(ids: torch.Tensor, h: ChunkHeader) -> int:
     flags = visual_flags(ids, h.image_token_id, h.video_token_id)
-    return 0 if flags is None else int(flags.sum())
+    return 0 if flags is None else int(flags.count_nonzero())
