@@ -49,6 +49,10 @@ class Inbox:
             )
         return receiver.recv()
 
+    def recycle(self, peer: int, out) -> None:
+        """Hand a consumed payload's memory back to the receiver of `peer` (reused by its next recv)."""
+        self._receivers[peer].recycle(out)
+
     def close(self) -> None:
         for receiver in self._receivers.values():
             receiver.close()

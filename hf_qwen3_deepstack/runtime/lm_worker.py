@@ -68,6 +68,7 @@ def run_lm(ctx) -> None:
                      "decode_s": decode_s},
                     encoder_rank=msg.sender, lm_rank=roles.rank,
                 )
+                inbox.recycle(msg.sender, out)  # its memory serves the next payload from that encoder
             except Exception as e:  # e.g. out of memory on this request: report it, keep going
                 ctx.log(f"request {req.id!r}: generation failed: {type(e).__name__}: {e}")
                 result = error_result(req.id, f"generation failed: {type(e).__name__}: {e}")

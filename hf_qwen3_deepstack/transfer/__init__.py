@@ -53,7 +53,7 @@ Receiver memory
 ``8*(max_batch_size + 5*capacity_tokens) + (1+K)*capacity_tokens*H*itemsize`` bytes, once (at
 construction when `hidden_size`, `num_deepstack_levels` and `dtype` are given, else at the first
 request, whose values then become the expectations), plus one header buffer of 256 bytes +
-`inline_bytes` (256 KB on CPU) per sender. A chunk never exceeds `capacity_tokens` tokens, so
+`inline_bytes` (1 MiB on CPU) per sender. A chunk never exceeds `capacity_tokens` tokens, so
 staging never holds more than that of a request. A one-chunk request that arrived inline is
 returned by `recv()` as views of its header buffer (no copy; the channel takes a fresh buffer). `recv_chunks()` yields views into the
 staging buffer (bounded memory end to end, e.g. for chunked prefill); `recv()` assembles the

@@ -13,7 +13,6 @@ import torch.distributed as dist
 from ..encoder_output import EncoderOutput
 from ._wait import Pending, Waiter, is_cuda, remaining, wait_all
 from .chunking import (
-    PACK_LIMIT,
     ChunkViews,
     count_visual,
     direct_views,
@@ -58,6 +57,7 @@ from .protocol import (
 from .sender import DEFAULT_TAG
 
 _HEADER_FIELDS = [f.name for f in fields(ChunkHeader)]
+INLINE_BYTES = 1 << 20  # default on CPU: one-chunk requests up to 1 MiB arrive in one message
 
 
 @dataclass
@@ -136,7 +136,7 @@ class _Active:
 class EncoderOutputReceiver:
     """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring).
 
-    `inline_bytes`: data bytes a one-chunk request may carry in its header message (default 256 KB
+    `inline_bytes`: data bytes a one-chunk request may carry in its header message (default 1 MiB
     on CPU/gloo, 0 on CUDA: NCCL needs exact message sizes); 0 always asks header, then data."""
 
     def __init__(
@@ -170,7 +170,7 @@ class EncoderOutputReceiver:
         self.max_batch_size = max_batch_size
         self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
         if inline_bytes is None:  # gloo accepts a message shorter than the posted receive; NCCL does not
-            inline_bytes = PACK_LIMIT if self.device.type == "cpu" else 0
+            inline_bytes = INLINE_BYTES if self.device.type == "cpu" else 0
         self.inline_bytes = inline_bytes
         self._cond = threading.Condition()
         self._channels = [_Channel(p, self.device, self._cond, inline_bytes) for p in peers]
@@ -227,8 +227,9 @@ class EncoderOutputReceiver:
     def recycle(self, output: EncoderOutput) -> None:
         """Hand back a result of `recv()` that you no longer use (e.g. after prefill): its embedding
         memory is reused by the next `recv()`, which then avoids page-faulting fresh memory (for a
-        64 MB request that costs about as much as the transfer itself). Do not touch `output`'s
-        embeddings afterwards. One buffer is kept (the largest handed back)."""
+        64 MB request that costs about as much as the transfer itself). Do not use `output`
+        afterwards (a request that arrived inline shares one buffer among all its tensors). One
+        embedding buffer is kept (the largest handed back), and up to two inline buffers."""
         key = output.visual_embeds.untyped_storage().data_ptr()
         if key not in self._owned:  # not ours (or handed back already)
             return
