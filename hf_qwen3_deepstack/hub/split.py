@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -34,7 +33,7 @@ import torch
 
 from .model_card import CardInfo, human_size, render_card
 from .remote_code import ENCODER_CODE, LM_CODE, RemoteCode, RemoteCodeError, copy_code
-from .safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsError, TensorInfo, read_header, write_shard
+from .safetensors_io import PlannedTensor, SafetensorsError, TensorInfo, read_header, write_shard
 from .source import ResolvedSource, SourceError, read_source_card_license, resolve_source
 
 logger = logging.getLogger(__name__)

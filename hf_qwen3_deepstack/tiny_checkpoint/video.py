@@ -29,7 +29,7 @@ from transformers.image_utils import ChannelDimension, PILImageResampling, SizeD
 from transformers.processing_utils import VideosKwargs
 from transformers.utils import is_torchvision_available
 from transformers.video_processing_utils import VideoProcessorMixin
-from transformers.video_utils import VideoMetadata, is_valid_video, make_batched_metadata, make_batched_videos
+from transformers.video_utils import VideoMetadata, make_batched_metadata, make_batched_videos
 
 
 class Qwen3VLVideoProcessorKwargs(VideosKwargs, total=False):
