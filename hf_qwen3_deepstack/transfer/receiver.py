@@ -559,9 +559,9 @@ class EncoderOutputReceiver:
         self.requests_received += 1
         if len(self._owned) > 64:  # results never recycled: forget the oldest
             self._owned.pop(next(iter(self._owned)))
-        # The final acknowledgement is posted by the data waiter thread (idle now): recv() returns
-        # without waiting for it. Without a prefetched next header it is one message with the pull
-        # describing the next request.
+        # On gloo the final acknowledgement is posted by the data waiter thread (idle now): recv()
+        # returns without waiting for it. Without a prefetched next header it is one message with
+        # the pull describing the next request. (CUDA: posted here; NCCL calls stay on one thread.)
         ch = act.ch
         if ch.header is None:
             ctrl = self._control_tensor(self._describe_next(done=act))
@@ -570,12 +570,17 @@ class EncoderOutputReceiver:
             def post() -> list[tuple]:
                 return [(self._irecv(ch, buf, self.header_tag), None, 0), self._isend_ctrl(ch, ctrl)]
 
-            ch.header = ch.data_waiter.submit_posting(post, 2)[0]
+            ch.header = self._post_now_or_later(ch, post, 2)[0]
         else:
             ctrl = self._control_tensor(Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
                                                 done_request_id=act.request_id, done_total=act.first.total_tokens))
-            ch.data_waiter.submit_posting(lambda: [self._isend_ctrl(ch, ctrl)], 1)
+            self._post_now_or_later(ch, lambda: [self._isend_ctrl(ch, ctrl)], 1)
         return True
+
+    def _post_now_or_later(self, ch: _Channel, post, count: int) -> list[Pending]:
+        if self.device.type == "cpu":
+            return ch.data_waiter.submit_posting(post, count)
+        return ch.header_waiter.submit_many(post())
 
     def _drive_recv(self, act: _Active, deadline: float) -> EncoderOutput:
         while True:
