@@ -116,8 +116,7 @@ with BYE) and `receiver.close()` (tells senders to stop listening) on both sides
 Threads: the sender runs a control-reader thread (it keeps the next control receive posted while
 answering) and a send-completion thread; the receiver two waiter threads per peer, one for
 headers and control sends and one for data (gloo works cannot be polled and `wait(timeout)`
-closes a gloo connection on expiry). On gloo the data waiter also posts a request's final
-acknowledgement, so `recv()` returns without waiting for it; control messages keep their order.
+closes a gloo connection on expiry).
 """
 
 from .protocol import HeaderMismatch, PeerClosed, TransferError, TransferTimeout

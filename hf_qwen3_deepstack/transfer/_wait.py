@@ -42,31 +42,21 @@ def block_on(work, cuda: bool) -> None:
 
 
 class Waiter:
-    """A daemon thread completing works in submission order; notifies `cond` on each completion."""
+    """A daemon thread completing works in submission order; notifies `cond` after each batch
+    (and at once on a failure)."""
 
     def __init__(self, name: str, cond: threading.Condition | None = None, cuda: bool = False):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._cond = cond
         self._cuda = cuda
-        self.posted = threading.Event()  # clear while a `submit_posting` job has not posted yet
-        self.posted.set()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def submit_many(self, items: list[tuple]) -> list[Pending]:
         """Hand over several already-posted works `(work, keep, nbytes)` in one queue item: the
         thread is woken once (each wake-up is a GIL hand-off that stalls the posting thread)."""
         ps = [Pending(w, k, n) for w, k, n in items]
         self._q.put(ps)
-        return ps
-
-    def submit_posting(self, post, count: int) -> list[Pending]:
-        """Like `submit_many`, but this thread posts the works: `post()` returns the `count` items
-        `(work, keep, nbytes)`. The caller returns at once (a final acknowledgement thus leaves
-        the critical path of `recv()`)."""
-        ps = [Pending(None) for _ in range(count)]
-        self.posted.clear()
-        self._q.put((post, ps))
         return ps
 
     def stop(self) -> None:
@@ -77,19 +67,6 @@ class Waiter:
             batch = self._q.get()
             if batch is None:
                 return
-            if isinstance(batch, tuple):  # (post, pendings): post the works here first
-                post, batch = batch
-                try:
-                    for p, (work, keep, nbytes) in zip(batch, post(), strict=True):
-                        p.work, p.keep, p.nbytes = work, keep, nbytes
-                except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
-                    for p in batch:
-                        p.error = e
-                        p.event.set()
-                    self._notify()
-                    continue
-                finally:
-                    self.posted.set()
             for p in batch:
                 try:
                     block_on(p.work, self._cuda)

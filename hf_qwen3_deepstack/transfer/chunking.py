@@ -12,8 +12,9 @@ Per chunk, after the header, the data is (sizes derivable from the header alone)
     deepstack    K x (n, H)  embed dtype   rows [r, r+n) of each level
 
 Small chunks (`PACK_LIMIT`) travel as one packed uint8 message (one memcpy, fewer messages);
-large ones as 1 + (1 + K) messages sent straight from the sender's tensors (zero-copy), which
-measures as fast as one raw message of the same bytes. The receiver's staging buffer uses the
+large ones zero-copy, straight from the sender's tensors into the receiver's: the int section,
+the visual rows, then the deepstack rows as one (K, N, H) message when the chunk carries all the
+request's rows (every one-chunk request) or as K messages of (n, H) otherwise. The receiver's staging buffer uses the
 same byte layout for both: int section at byte 0, visual right after it, then deepstack.
 """
 
@@ -145,30 +146,34 @@ class SendPlan:
         """(int_numel,) int64: [rope (B) if first][ids (c)][positions (3, c)][mask (c)]."""
         return torch.cat(self._int_parts(h))
 
-    def _embed_parts(self, h: ChunkHeader, one_buffer: bool = False) -> list[torch.Tensor]:
-        """[visual rows (n, H)] + K x [deepstack rows (n, H)] of chunk `h` (empty without rows).
-        `one_buffer` (packing): all rows of the request -> the whole (K, N, H) deepstack as one
-        part (same bytes as its K row blocks back to back)."""
+    def _embed_parts(self, h: ChunkHeader) -> list[torch.Tensor]:
+        """[visual rows (n, H)] + the deepstack rows of chunk `h`: the whole (K, N, H) deepstack
+        when the chunk has all rows, else K x (n, H). Empty without rows."""
         r0, n = h.row_offset, h.row_count
         if not n:
             return []
-        if one_buffer and n == self.visual.shape[0]:
+        if all_rows(h):
             return [self.visual, self.deepstack]
         return [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
 
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
         if h.packed:  # one memcpy of everything into one uint8 message
-            return [_bytes_of(self._int_parts(h) + self._embed_parts(h, one_buffer=True))]
+            return [_bytes_of(self._int_parts(h) + self._embed_parts(h))]
         return [t for t in [self.int_section(h)] + self._embed_parts(h) if t.numel()]
 
     def inline_message(self, h: ChunkHeader) -> torch.Tensor:
         """Header and data of chunk `h` as one uint8 message (`FLAG_INLINE`, staging byte layout)."""
-        return _bytes_of([h.to_tensor()] + self._int_parts(h) + self._embed_parts(h, one_buffer=True))
+        return _bytes_of([h.to_tensor()] + self._int_parts(h) + self._embed_parts(h))
 
 
 def _bytes_of(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in tensors])
+
+
+def all_rows(h: ChunkHeader) -> bool:
+    """The chunk carries every visual row of its request (then deepstack is one message)."""
+    return h.row_count == h.num_visual
 
 
 def int_numel(h: ChunkHeader) -> int:
@@ -192,8 +197,9 @@ class ChunkViews:
 
     ints: torch.Tensor  # (int_numel,) int64
     visual: torch.Tensor  # (n, H)
-    deepstack: torch.Tensor | list[torch.Tensor]  # (K, n, H) in staging, or K x (n, H) in the result
+    deepstack: torch.Tensor | list[torch.Tensor]  # (K, n, H), or K x (n, H) rows of the result
     targets: list[torch.Tensor]  # what to irecv into, in wire order
+    staged: bool = True  # embeddings are in staging (scatter copies them into the result)
 
 
 def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
@@ -206,8 +212,10 @@ def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
     deep = staging[h.int_bytes + vb : h.int_bytes + h.embed_bytes].view(dtype).view(k, n, hid)
     if h.packed:
         targets = [staging[: h.int_bytes + h.embed_bytes]]
+    elif not n:
+        targets = [ints]
     else:
-        targets = [ints] + ([visual] + [deep[i] for i in range(k)] if n else [])
+        targets = [ints, visual] + ([deep] if all_rows(h) else [deep[i] for i in range(k)])
     return ChunkViews(ints, visual, deep, [t for t in targets if t.numel()])
 
 
@@ -218,8 +226,11 @@ def direct_views(staging: torch.Tensor, h: ChunkHeader, result: EncoderOutput) -
     r0, n = h.row_offset, h.row_count
     ints = staging[: h.int_bytes].view(torch.int64)
     visual = result.visual_embeds[r0 : r0 + n]
-    deep = [result.deepstack_visual_embeds[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
-    return ChunkViews(ints, visual, deep, [t for t in [ints, visual, *deep] if t.numel()])
+    if all_rows(h):
+        deep = [result.deepstack_visual_embeds]
+    else:
+        deep = [result.deepstack_visual_embeds[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
+    return ChunkViews(ints, visual, deep, [t for t in [ints, visual, *deep] if t.numel()], staged=False)
 
 
 @dataclass
@@ -298,7 +309,7 @@ def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> N
     if parts.mask is not None and result.attention_mask is not None:
         result.attention_mask.view(-1)[o : o + c].copy_(parts.mask.to(result.attention_mask.dtype))
     r0, n = h.row_offset, h.row_count
-    if n and isinstance(views.deepstack, torch.Tensor):  # staged (packed) embeddings
+    if n and views.staged:  # embeddings received into staging
         result.visual_embeds[r0 : r0 + n].copy_(views.visual)
         result.deepstack_visual_embeds[:, r0 : r0 + n].copy_(views.deepstack)
 

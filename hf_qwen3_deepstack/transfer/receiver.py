@@ -559,28 +559,13 @@ class EncoderOutputReceiver:
         self.requests_received += 1
         if len(self._owned) > 64:  # results never recycled: forget the oldest
             self._owned.pop(next(iter(self._owned)))
-        # On gloo the final acknowledgement is posted by the data waiter thread (idle now): recv()
-        # returns without waiting for it. Without a prefetched next header it is one message with
-        # the pull describing the next request. (CUDA: posted here; NCCL calls stay on one thread.)
         ch = act.ch
-        if ch.header is None:
-            ctrl = self._control_tensor(self._describe_next(done=act))
-            buf = ch.header_buf
-
-            def post() -> list[tuple]:
-                return [(self._irecv(ch, buf, self.header_tag), None, 0), self._isend_ctrl(ch, ctrl)]
-
-            ch.header = self._post_now_or_later(ch, post, 2)[0]
+        if ch.header is None:  # next request not prefetched: final ack + describe-next in one message
+            self._pull(ch, self._describe_next(done=act))
         else:
-            ctrl = self._control_tensor(Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
-                                                done_request_id=act.request_id, done_total=act.first.total_tokens))
-            self._post_now_or_later(ch, lambda: [self._isend_ctrl(ch, ctrl)], 1)
+            self._send_ctrl(ch, Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
+                                        done_request_id=act.request_id, done_total=act.first.total_tokens))
         return True
-
-    def _post_now_or_later(self, ch: _Channel, post, count: int) -> list[Pending]:
-        if self.device.type == "cpu":
-            return ch.data_waiter.submit_posting(post, count)
-        return ch.header_waiter.submit_many(post())
 
     def _drive_recv(self, act: _Active, deadline: float) -> EncoderOutput:
         while True:
@@ -627,19 +612,10 @@ class EncoderOutputReceiver:
 
     def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
         """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""
-        return self._isend_ctrl(ch, self._control_tensor(ctrl))
-
-    def _control_tensor(self, ctrl: Control) -> torch.Tensor:
         t = ctrl.to_tensor()
         if self.device.type != "cpu":
             t = t.to(self.device)
         self.ctrl_bytes_sent += CONTROL_WORDS * 8
-        return t
-
-    def _isend_ctrl(self, ch: _Channel, t: torch.Tensor) -> tuple:
-        if threading.current_thread() is not ch.data_waiter.thread:
-            # control messages keep their order: let a final ack being posted by the waiter go first
-            ch.data_waiter.posted.wait(self.timeout)
         return dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), t, 0
 
     def _irecv(self, ch: _Channel, t: torch.Tensor, tag: int):
