@@ -44,12 +44,9 @@ class EncoderOutput:
 
     def visual_pos_mask(self) -> torch.Tensor:
         """(B, S) bool: True at image/video placeholder positions."""
-        ids = [i for i in (self.image_token_id, self.video_token_id) if i is not None]
-        if not ids:
+        mask = placeholder_mask(self.input_ids, self.image_token_id, self.video_token_id)
+        if mask is None:
             raise ValueError("EncoderOutput has no image_token_id/video_token_id to locate visual positions.")
-        mask = self.input_ids == ids[0]
-        for i in ids[1:]:
-            mask |= self.input_ids == i
         return mask
 
     def nbytes(self) -> int:
@@ -124,6 +121,16 @@ class EncoderOutput:
                     f"{n} visual embedding rows; they must be equal."
                 )
         return self
+
+
+def placeholder_mask(ids: torch.Tensor, image_token_id: int | None, video_token_id: int | None) -> torch.Tensor | None:
+    """bool like `ids`: True at image/video placeholders (None when neither token id is set)."""
+    mask = None
+    for tid in (image_token_id, video_token_id):
+        if tid is not None:
+            hit = ids == tid
+            mask = hit if mask is None else mask.logical_or_(hit)
+    return mask
 
 
 def _expect(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..encoder_output import EncoderOutput
+from ..encoder_output import EncoderOutput, placeholder_mask
 from .protocol import (
     CODE_DTYPES,
     EMBED_DTYPES,
@@ -44,6 +44,11 @@ PACK_LIMIT = 256 * 1024  # chunks with at most this many data bytes travel as on
 
 def _id(v: int | None) -> int:
     return NONE_ID if v is None else int(v)
+
+
+def token_id(v: int) -> int | None:
+    """A header's image/video token id field as EncoderOutput holds it (NONE_ID -> None)."""
+    return None if v == NONE_ID else v
 
 
 @dataclass
@@ -95,7 +100,7 @@ class SendPlan:
             return self.output.num_visual_tokens  # validate() checked placeholders == N
         if self._vis_cumsum is None:  # only chunk boundaries inside the request need it
             out = self.output
-            is_vis = visual_flags(self.ids, _id(out.image_token_id), _id(out.video_token_id))
+            is_vis = placeholder_mask(self.ids, out.image_token_id, out.video_token_id)
             if is_vis is None:
                 return 0
             self._vis_cumsum = torch.cumsum(is_vis, 0)  # bool -> int64 running count
@@ -271,15 +276,15 @@ def empty_result(h: ChunkHeader, device: torch.device, embed_buffer: torch.Tenso
         visual_embeds=flat[: n * hid].view(n, hid),
         deepstack_visual_embeds=flat[n * hid :].view(k, n, hid),
         attention_mask=mask,
-        image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
-        video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id,
+        image_token_id=token_id(h.image_token_id),
+        video_token_id=token_id(h.video_token_id),
     )
 
 
-def inline_result(views: ChunkViews, h: ChunkHeader) -> EncoderOutput:
-    """A one-chunk request received inline (staging byte layout): the result's tensors are views
-    of the buffer it arrived in, nothing is copied (except a mask of another dtype than int64)."""
-    parts = split_ints(views.ints, h)
+def inline_result(views: ChunkViews, parts: "IntParts", h: ChunkHeader) -> EncoderOutput:
+    """A one-chunk request received inline (staging byte layout; `parts` = its split ints): the
+    result's tensors are views of the buffer it arrived in, nothing is copied (except a mask of
+    another dtype than int64)."""
     b, s = h.batch_size, h.seq_len
     mask = None
     if parts.mask is not None:
@@ -293,8 +298,8 @@ def inline_result(views: ChunkViews, h: ChunkHeader) -> EncoderOutput:
         visual_embeds=views.visual,
         deepstack_visual_embeds=views.deepstack,
         attention_mask=mask,
-        image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
-        video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id,
+        image_token_id=token_id(h.image_token_id),
+        video_token_id=token_id(h.video_token_id),
     )
 
 
@@ -314,16 +319,6 @@ def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> N
         result.deepstack_visual_embeds[:, r0 : r0 + n].copy_(views.deepstack)
 
 
-def visual_flags(ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor | None:
-    """bool per token: is it an image/video placeholder (None when neither id is set)."""
-    found = None
-    for tid in (image_token_id, video_token_id):
-        if tid != NONE_ID:
-            hit = ids == tid
-            found = hit if found is None else found.logical_or_(hit)
-    return found
-
-
 def count_visual(ids: torch.Tensor, h: ChunkHeader) -> int:
-    flags = visual_flags(ids, h.image_token_id, h.video_token_id)
+    flags = placeholder_mask(ids, token_id(h.image_token_id), token_id(h.video_token_id))
     return 0 if flags is None else int(flags.count_nonzero())

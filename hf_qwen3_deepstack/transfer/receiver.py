@@ -22,6 +22,7 @@ from .chunking import (
     int_numel,
     scatter_chunk,
     split_ints,
+    token_id,
     staging_nbytes,
     staging_views,
 )
@@ -93,7 +94,6 @@ class _Channel:
         self.peer = peer
         # a header, or a first header + the whole (small) request inline
         self.header_buf = torch.empty(HEADER_BYTES + inline_bytes, dtype=torch.uint8, device=device)
-        self.inline_bytes = inline_bytes
         # headers and control sends complete on one thread, data on another: a refused pull (ERROR
         # header) is seen while its data receives are still posted
         self.header_waiter = Waiter(f"rx-hdr-{peer}", cond, cuda=is_cuda(device))
@@ -329,14 +329,15 @@ class EncoderOutputReceiver:
         """The whole request came with its header. `recv()` returns views of that buffer (the
         channel takes a fresh one); `recv_chunks()` yields them as its only chunk."""
         views = staging_views(ch.header_buf[HEADER_BYTES:], h)
+        parts = split_ints(views.ints, h)
         self.bytes_received += h.int_bytes + h.embed_bytes
         self.payload_bytes_received += h.int_bytes + h.embed_bytes
-        rope = split_ints(views.ints, h).rope.view(h.batch_size, 1)
+        rope = parts.rope.view(h.batch_size, 1)
         act = self._active = _Active(ch, h.request_id, h, mode, None, rope, header=h, views=views, stage="received")
         self.last_peer = ch.peer
-        self._check_rows(act)
+        self._check_rows(act, parts.ids)
         if mode == "recv":
-            act.result, act.zero_copy = inline_result(views, h), True
+            act.result, act.zero_copy = inline_result(views, parts, h), True
             self._owned[ch.header_buf.untyped_storage().data_ptr()] = True
             ch.header_buf = (self._header_pool.pop() if self._header_pool
                              else torch.empty_like(ch.header_buf))
@@ -439,9 +440,9 @@ class EncoderOutputReceiver:
             if h.int_bytes + h.embed_bytes > self._staging.numel():
                 raise mismatch(rid, "embed_dtype", CODE_DTYPES[h.embed_dtype],
                                f"a dtype whose chunk fits the {self._staging.numel()}-byte staging buffer", offset)
-            if h.inline and (not (h.first and h.last) or h.int_bytes + h.embed_bytes > ch.inline_bytes):
+            if h.inline and (not (h.first and h.last) or h.int_bytes + h.embed_bytes > self.inline_bytes):
                 raise mismatch(rid, "flags", h.flags, f"inline data only for a one-chunk request of at most "
-                               f"{ch.inline_bytes} bytes", offset)
+                               f"{self.inline_bytes} bytes", offset)
         except HeaderMismatch as e:
             self._reject(ch, h, e)
             raise
@@ -482,7 +483,7 @@ class EncoderOutputReceiver:
             self.bytes_received += nbytes
             self.payload_bytes_received += nbytes
             act.payload = None
-            self._check_rows(act)
+            self._check_rows(act, split_ints(act.views.ints, act.header).ids)
             act.stage = "received"
 
     def _request_data(self, act: _Active, resend: bool = False) -> None:
@@ -524,11 +525,11 @@ class EncoderOutputReceiver:
                 raise TransferError(f"{req_name(act.request_id)} at token offset {act.acked}: receive from rank "
                                     f"{ch.peer} failed: {p.error}", act.request_id, "connection") from p.error
 
-    def _check_rows(self, act: _Active) -> None:
-        """The chunk's ids must hold as many placeholders as it carries visual rows; else the
+    def _check_rows(self, act: _Active, ids: torch.Tensor) -> None:
+        """The chunk's `ids` must hold as many placeholders as it carries visual rows; else the
         request is rejected (the sender's handle fails naming `row_count`)."""
         h = act.header
-        seen = count_visual(split_ints(act.views.ints, h).ids, h)
+        seen = count_visual(ids, h)
         if seen == h.row_count:
             return
         err = mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)", act.acked)
@@ -588,8 +589,8 @@ class EncoderOutputReceiver:
                 seq_len=h.seq_len, input_ids=parts.ids, position_ids=parts.pos, attention_mask=parts.mask,
                 mask_dtype=None if h.mask_dtype == NONE_ID else CODE_DTYPES[h.mask_dtype], rope_deltas=act.rope,
                 visual_row_offset=h.row_offset, visual_embeds=v.visual, deepstack_visual_embeds=v.deepstack,
-                image_token_id=None if h.image_token_id == NONE_ID else h.image_token_id,
-                video_token_id=None if h.video_token_id == NONE_ID else h.video_token_id, is_last=h.last)
+                image_token_id=token_id(h.image_token_id), video_token_id=token_id(h.video_token_id),
+                is_last=h.last)
             act.stage = "unacked"  # until the consumer comes back for more
             yield chunk
             act.stage = "received"

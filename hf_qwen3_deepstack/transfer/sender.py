@@ -21,7 +21,7 @@ from .protocol import (
     ERR_UNKNOWN_REQUEST,
     ERROR_NAMES,
     FLAG_INLINE,
-    HEADER_WORDS,
+    HEADER_BYTES,
     KIND_ACK,
     KIND_BYE,
     KIND_CLOSE,
@@ -312,7 +312,7 @@ class EncoderOutputSender:
                 self.on_chunk(req.request_id, 0, h.token_count)
             msg = req.plan.inline_message(h)
             self._isend_many([msg], self.header_tag)
-            self._count_data(req, h, msg.numel() - HEADER_WORDS * 8, 1)
+            self._count_data(req, h, msg.numel() - HEADER_BYTES, 1)
             self.stats.inline_requests += 1
             self._count_header(req.request_id)
             return
@@ -395,10 +395,10 @@ class EncoderOutputSender:
 
     def _count_header(self, request_id: int = NONE_ID) -> None:
         s = self.stats
-        s.header_bytes_sent += HEADER_WORDS * 8
-        s.bytes_sent += HEADER_WORDS * 8
+        s.header_bytes_sent += HEADER_BYTES
+        s.bytes_sent += HEADER_BYTES
         if request_id != NONE_ID:
-            s.per_request_bytes[request_id] = s.per_request_bytes.get(request_id, 0) + HEADER_WORDS * 8
+            s.per_request_bytes[request_id] = s.per_request_bytes.get(request_id, 0) + HEADER_BYTES
 
     def _send_header(self, h: ChunkHeader) -> None:
         self._isend_many([h.to_tensor()], self.header_tag)
