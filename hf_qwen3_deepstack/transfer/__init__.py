@@ -116,7 +116,9 @@ with BYE) and `receiver.close()` (tells senders to stop listening) on both sides
 Threads: the sender runs a control-reader thread (it keeps the next control receive posted while
 answering) and a send-completion thread; the receiver two waiter threads per peer, one for
 headers and control sends and one for data (gloo works cannot be polled and `wait(timeout)`
-closes a gloo connection on expiry).
+closes a gloo connection on expiry). On gloo the data waiter, idle once a request's data is here,
+also posts the request's final acknowledgement, so `recv()` returns without paying for it; the
+next control message waits until it is posted, so the order on the wire is kept.
 """
 
 from .protocol import HeaderMismatch, PeerClosed, TransferError, TransferTimeout

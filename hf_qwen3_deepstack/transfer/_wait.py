@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -43,12 +44,14 @@ def block_on(work, cuda: bool) -> None:
 
 class Waiter:
     """A daemon thread completing works in submission order; notifies `cond` after each batch
-    (and at once on a failure)."""
+    (and at once on a failure). It can also post the works itself (`submit_posting`)."""
 
     def __init__(self, name: str, cond: threading.Condition | None = None, cuda: bool = False):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._cond = cond
         self._cuda = cuda
+        self.posted = threading.Event()  # clear while a `submit_posting` job has not posted yet
+        self.posted.set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -59,6 +62,14 @@ class Waiter:
         self._q.put(ps)
         return ps
 
+    def submit_posting(self, post: Callable[[], list[tuple]], count: int) -> list[Pending]:
+        """Like `submit_many`, but this thread posts the works: `post()` returns the `count` items
+        `(work, keep, nbytes)`. The caller goes on at once; `posted` is set once they are posted."""
+        ps = [Pending(None) for _ in range(count)]
+        self.posted.clear()
+        self._q.put((post, ps))
+        return ps
+
     def stop(self) -> None:
         self._q.put(None)
 
@@ -67,6 +78,19 @@ class Waiter:
             batch = self._q.get()
             if batch is None:
                 return
+            if isinstance(batch, tuple):  # (post, pendings): post the works here first
+                post, batch = batch
+                try:
+                    for p, (work, keep, nbytes) in zip(batch, post(), strict=True):
+                        p.work, p.keep, p.nbytes = work, keep, nbytes
+                except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
+                    for p in batch:
+                        p.error = e
+                        p.event.set()
+                    self._notify()
+                    continue
+                finally:
+                    self.posted.set()
             for p in batch:
                 try:
                     block_on(p.work, self._cuda)

@@ -561,11 +561,30 @@ class EncoderOutputReceiver:
         if len(self._owned) > 64:  # results never recycled: forget the oldest
             self._owned.pop(next(iter(self._owned)))
         ch = act.ch
-        if ch.header is None:  # next request not prefetched: final ack + describe-next in one message
-            self._pull(ch, self._describe_next(done=act))
+        describe = ch.header is None  # next request not prefetched: final ack + describe-next in one message
+        if describe:
+            ctrl = self._describe_next(done=act)
         else:
-            self._send_ctrl(ch, Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
-                                        done_request_id=act.request_id, done_total=act.first.total_tokens))
+            ctrl = Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
+                           done_request_id=act.request_id, done_total=act.first.total_tokens)
+        if self.device.type != "cpu":  # NCCL calls stay on this thread
+            if describe:
+                self._pull(ch, ctrl)
+            else:
+                self._send_ctrl(ch, ctrl)
+            return True
+        # gloo: the data waiter (idle now: all data is here) posts the final message, so recv()
+        # returns without paying for it; later control messages wait until it is posted (order)
+        t, buf = self._control_tensor(ctrl), ch.header_buf
+
+        def post() -> list[tuple]:
+            header = (self._irecv(ch, buf, self.header_tag), None, 0) if describe else None
+            sent = self._isend_ctrl(ch, t)
+            return [sent, header] if describe else [sent]
+
+        pend = ch.data_waiter.submit_posting(post, 1 + describe)
+        if describe:
+            ch.header = pend[1]
         return True
 
     def _drive_recv(self, act: _Active, deadline: float) -> EncoderOutput:
@@ -600,6 +619,7 @@ class EncoderOutputReceiver:
     # ------------------------------------------------------------------ wire
     def _pull(self, ch: _Channel, ctrl: Control, expect_header: bool = True) -> None:
         """Post the receive of the answer's header (unless none is expected), then send `ctrl`."""
+        self._wait_posted(ch)
         items = []
         if expect_header:
             items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
@@ -613,10 +633,24 @@ class EncoderOutputReceiver:
 
     def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
         """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""
+        t = self._control_tensor(ctrl)
+        self._wait_posted(ch)
+        return self._isend_ctrl(ch, t)
+
+    def _wait_posted(self, ch: _Channel) -> None:
+        """A final message being posted by the data waiter goes first (control messages and header
+        receives keep their order)."""
+        if not ch.data_waiter.posted.is_set():
+            ch.data_waiter.posted.wait(self.timeout)
+
+    def _control_tensor(self, ctrl: Control) -> torch.Tensor:
         t = ctrl.to_tensor()
         if self.device.type != "cpu":
             t = t.to(self.device)
         self.ctrl_bytes_sent += CONTROL_WORDS * 8
+        return t
+
+    def _isend_ctrl(self, ch: _Channel, t: torch.Tensor) -> tuple:
         return dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), t, 0
 
     def _irecv(self, ch: _Channel, t: torch.Tensor, tag: int):
