@@ -4,7 +4,7 @@ import pytest
 import torch
 from _dist import random_output
 
-from hf_qwen3_deepstack.transfer import HeaderMismatch
+from hf_qwen3_deepstack.transfer import HeaderMismatch, TransferError
 from hf_qwen3_deepstack.transfer.chunking import PACK_LIMIT, SendPlan, split_ints, staging_nbytes, staging_views
 from hf_qwen3_deepstack.transfer.protocol import HEADER_WORDS, MAGIC, ChunkHeader, Control
 
@@ -49,3 +49,9 @@ def test_chunks_cover_tokens_and_carry_exactly_their_visual_rows(cap):
         assert h.packed == (h.row_count > 0 and h.int_bytes + h.embed_bytes <= PACK_LIMIT)
         offset, rows, chunks = offset + h.token_count, rows + h.row_count, chunks + 1
     assert rows == out.num_visual_tokens and chunks == -(-plan.total // cap)
+
+
+def test_header_field_outside_int64_is_refused_naming_the_field():
+    with pytest.raises(TransferError) as e:
+        ChunkHeader(request_id=1 << 63).to_tensor()
+    assert e.value.field == "request_id" and "int64" in str(e.value)

@@ -26,7 +26,7 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   inline_bytes)``. The sender answers with the first chunk header of its oldest unstarted request
   (or BYE once closed): magic, version, kind, request id, chunk index, token offset/count, total
   tokens, B, S, N, visual row offset/count, K, H, dtype codes, image/video token ids, flags,
-  section sizes, checksum. A request that is one chunk of at most `inline_bytes` data bytes comes
+  section sizes, CRC-32 checksum. A request that is one chunk of at most `inline_bytes` data bytes comes
   **inline**, in the same message as its header (gloo only: it accepts a message shorter than the
   posted receive, so the receiver posts ``256 + inline_bytes`` bytes; NCCL needs exact sizes,
   so CUDA receivers use ``inline_bytes=0``). A small request is then one message end to end.

@@ -164,16 +164,20 @@ class SendPlan:
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
         if h.packed:  # one memcpy of everything into one uint8 message
-            return [_bytes_of(self._int_parts(h) + self._embed_parts(h))]
+            return [_bytes_of(self.int_section(h), self._embed_parts(h))]
         return [t for t in [self.int_section(h)] + self._embed_parts(h) if t.numel()]
 
     def inline_message(self, h: ChunkHeader) -> torch.Tensor:
         """Header and data of chunk `h` as one uint8 message (`FLAG_INLINE`, staging byte layout)."""
-        return _bytes_of([h.to_tensor()] + self._int_parts(h) + self._embed_parts(h))
+        return _bytes_of(self.int_section(h), self._embed_parts(h), h.to_bytes())
 
 
-def _bytes_of(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.contiguous().view(-1).view(torch.uint8) for t in tensors])
+def _bytes_of(ints: torch.Tensor, embeds: list[torch.Tensor], header: bytearray | None = None) -> torch.Tensor:
+    """[header][int64 section][embedding parts] as one uint8 tensor (one copy)."""
+    pieces = [] if header is None else [torch.frombuffer(header, dtype=torch.uint8)]
+    pieces.append(ints.view(torch.uint8))
+    pieces += [t.reshape(-1).view(torch.uint8) for t in embeds]
+    return torch.cat(pieces)
 
 
 def all_rows(h: ChunkHeader) -> bool:

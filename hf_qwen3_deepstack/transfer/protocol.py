@@ -11,18 +11,20 @@ Two message types travel as plain int64 tensors (never pickle):
   data of the chunk at ``offset`` and for the header of the chunk after it: send both), ``ACK``
   (``done_request_id`` is fully acknowledged; also carried by a ``PULL``), ``REJECT`` or ``CLOSE``.
 
-Both end with a checksum word so a corrupted or misaligned message is caught before any field
-is trusted.
+Both end with a checksum word (CRC-32 of the words before it) so a corrupted or
+misaligned message is caught before any field is trusted.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import dataclass, fields
 
 import torch
 
 MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
-VERSION = 2
+VERSION = 3
 HEADER_WORDS = 32
 HEADER_BYTES = 8 * HEADER_WORDS
 CONTROL_WORDS = 16
@@ -70,8 +72,6 @@ DTYPE_CODES: dict[torch.dtype, int] = {
 CODE_DTYPES: dict[int, torch.dtype] = {v: k for k, v in DTYPE_CODES.items()}
 EMBED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 MASK_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
-_CHECK_SALT = 0x2545F4914F6CDD1D
-_I64 = (1 << 63) - 1
 
 
 class TransferError(RuntimeError):
@@ -107,10 +107,7 @@ def dtype_code(dtype: torch.dtype) -> int:
 
 
 def _checksum(words: list[int]) -> int:
-    acc = _CHECK_SALT
-    for w in words:
-        acc = ((acc ^ (w & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return acc & _I64
+    return zlib.crc32(struct.pack(f"={len(words)}q", *words))
 
 
 def req_name(request_id: int) -> str:
@@ -160,15 +157,11 @@ class ChunkHeader:
     def inline(self) -> bool:
         return bool(self.flags & FLAG_INLINE)
 
-    def to_words(self) -> list[int]:
+    def to_bytes(self) -> bytearray:
         return _seal(self, HEADER_WORDS)
 
-    def to_tensor(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.tensor(self.to_words(), dtype=torch.int64)
-        if out is None:
-            return t
-        out.copy_(t)
-        return out
+    def to_tensor(self) -> torch.Tensor:
+        return torch.frombuffer(self.to_bytes(), dtype=torch.int64)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, context: int = NEXT) -> "ChunkHeader":
@@ -191,11 +184,8 @@ class Control:
     flags: int = 0  # PULL_* flags
     inline_bytes: int = 0  # PULL(NEXT): data bytes the receiver accepts inline after a first header
 
-    def to_words(self) -> list[int]:
-        return _seal(self, CONTROL_WORDS)
-
     def to_tensor(self) -> torch.Tensor:
-        return torch.tensor(self.to_words(), dtype=torch.int64)
+        return torch.frombuffer(_seal(self, CONTROL_WORDS), dtype=torch.int64)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> "Control":
@@ -214,11 +204,18 @@ def _names(cls: type) -> tuple[str, ...]:
     return names
 
 
-def _seal(msg: object, n: int) -> list[int]:
-    """[MAGIC, VERSION, fields..., 0 padding, checksum]: the `n` words of a message."""
+def _seal(msg: object, n: int) -> bytearray:
+    """[MAGIC, VERSION, fields..., 0 padding, checksum]: the `n` int64 words of a message, as bytes."""
     words = [MAGIC, VERSION] + [int(getattr(msg, name)) for name in _names(type(msg))]
     words += [0] * (n - 1 - len(words))
-    return words + [_checksum(words)]
+    try:
+        body = struct.pack(f"={n - 1}q", *words)
+    except struct.error as e:
+        fields_ = dict(zip(("magic", "version") + _names(type(msg)), words))
+        bad = [k for k, v in fields_.items() if not -(1 << 63) <= v < 1 << 63]
+        raise TransferError(f"{type(msg).__name__} field(s) {bad} do not fit in int64", getattr(msg, "request_id", None),
+                            bad[0] if bad else None) from e
+    return bytearray(body + struct.pack("=q", zlib.crc32(body)))
 
 
 def _check_envelope(words: list[int], n: int, request_id: int, what: str) -> None:
