@@ -1,17 +1,21 @@
-"""`hf-qwen3-deepstack bench pipeline`: does the encoder/language split overlap?
+"""`hf-qwen3-deepstack bench pipeline`: does the encoder/language split overlap, and what does
+a request pay for crossing the wire?
 
 On the same requests, one thread per process:
-  (a) serial: one process runs transformers' monolithic Qwen3VLMoeForConditionalGeneration,
-      processor + generate, request after request (encode then generate);
+  (a) monolithic: one process runs transformers' Qwen3VLMoeForConditionalGeneration, processor +
+      generate, request after request (encode then generate);
   (b) split: 1 encoder rank + 1 language rank of the runtime (started through torch's launcher API),
-      so request i+1 is encoded while request i is generated.
-  (c) split, one request at a time (`--serial`: the encoder starts request i+1 only when request i
-      is generated), i.e. the latency a request sees alone in the system.
-Reports the throughput of (a) and (b) and their ratio (goal >= 1.6x), and per-request latency
-(split: processor + encode + transfer + prefill + decode; monolithic: processor + generate); the
-single-request overhead is (c) vs (a) (goal: p50 within +10%). Model loading and process start-up
-are excluded everywhere. The three modes run in `--rounds` interleaved rounds and each reports its
-fastest round, which filters out interference from other work on the machine. The token ids of (a), (b) and (c) are compared too (they must be equal).
+      so request i+1 is encoded while request i is generated;
+  (c) split, one request at a time (`--serial`): each request arrives at an idle system
+      (`--gap-ms` of idle time before it) and the next starts only when it is generated;
+  (d) monolithic, one request at a time, with the same idle gap before each request.
+Throughput ratio = (a) wall / (b) wall (goal >= 1.6x). Single-request latency overhead = p50 of
+(c) / p50 of (d) - 1 (goal <= +10%): split = processor + encode + transfer + prefill + decode,
+monolithic = processor + generate. Both sides of each ratio run in the same round, one after the
+other; the headline is the median of the per-round ratios over `--rounds` rounds (the host may be
+shared: its speed drifts between runs, paired ratios cancel most of that). Model loading and process
+start-up are excluded everywhere. The token ids of every mode and round are compared (they must be
+equal).
 
 The default workload (tiny model, 8 images of 256x256 per request, 8 new tokens) balances encode
 and generate cost, which is where overlap pays most; on real checkpoints pass --model and tune
@@ -39,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds of (a), (b), (c); each mode reports its fastest round (noise filter)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of (a)-(d); the headline ratios are medians of the per-round ratios")
+    parser.add_argument("--gap-ms", type=float, default=100.0,
+                        help="(c), (d): idle time before each request (a lone request arrives at an idle system)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
 
 
@@ -80,7 +86,7 @@ class SerialRunner:
         self.model = Qwen3VLMoeForConditionalGeneration.from_pretrained(
             model, dtype=resolve_dtype(dtype, torch.device("cpu"))).eval()
 
-    def run(self, requests: list[dict]) -> dict:
+    def run(self, requests: list[dict], gap_s: float = 0.0) -> dict:
         import torch
 
         from hf_qwen3_deepstack.runtime.models import build_prompt
@@ -89,6 +95,8 @@ class SerialRunner:
         start = time.perf_counter()
         with torch.inference_mode():
             for r in requests:
+                if gap_s:
+                    time.sleep(gap_s)
                 t0 = time.perf_counter()
                 inputs = build_prompt(self.processor, r["messages"])
                 out = self.model.generate(**inputs, max_new_tokens=r["max_new_tokens"], do_sample=False)
@@ -101,7 +109,7 @@ class SerialRunner:
 
 
 def run_split(model: str, requests_file: Path, workdir: Path, threads: int, dtype: str, max_new_tokens: int,
-              serial: bool = False) -> dict:
+              serial: bool = False, gap_ms: float = 0.0) -> dict:
     from hf_qwen3_deepstack.runtime.cli import launch
 
     tag = "split-serial" if serial else "split"
@@ -110,7 +118,7 @@ def run_split(model: str, requests_file: Path, workdir: Path, threads: int, dtyp
         model=model, requests=str(requests_file), output=str(output), encoders=1, lms=1,
         max_new_tokens=max_new_tokens, dtype=dtype, capacity_tokens=8192, max_inflight=2, timeout=600.0,
         threads=threads, print_results=False, no_progress=True, quiet=True, summary_json=str(summary_file),
-        serial=serial,
+        serial=serial, serial_gap_ms=gap_ms,
     )
     rc = launch(args)
     if rc != 0:
@@ -126,9 +134,32 @@ def run_split(model: str, requests_file: Path, workdir: Path, threads: int, dtyp
             "stage_p50": {k: v["p50"] for k, v in summary["timings"].items()}}
 
 
+MODES = {
+    "a": "(a) monolithic, back to back",
+    "b": "(b) split 1E+1L, pipelined",
+    "c": "(c) split 1E+1L, one request at a time",
+    "d": "(d) monolithic, one request at a time",
+}
+
+
+def _stats(r: dict) -> dict:
+    from hf_qwen3_deepstack.runtime.results import percentile
+
+    lat = r["latencies"]
+    return {"requests": len(lat), "wall_s": r["wall_s"], "requests_per_s": len(lat) / r["wall_s"],
+            "tokens_per_s": r["tokens"] / r["wall_s"], "latency_min_s": min(lat),
+            "latency_p50_s": percentile(lat, 50), "latency_mean_s": sum(lat) / len(lat),
+            "latency_p95_s": percentile(lat, 95)}
+
+
+def _median(xs: list[float]) -> float:
+    import statistics
+
+    return statistics.median(xs)
+
+
 def main(args: argparse.Namespace) -> int:
     from hf_qwen3_deepstack.runtime.models import resolve_model
-    from hf_qwen3_deepstack.runtime.results import percentile
 
     model = resolve_model(args.model)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -136,65 +167,63 @@ def main(args: argparse.Namespace) -> int:
     req_file = write_workload(workdir, args.num_requests, args.images_per_request, args.image_size,
                               args.max_new_tokens)
     requests = [json.loads(line) for line in req_file.read_text().splitlines()]
+    gap = args.gap_ms
     print(f"{PREFIX} model {model}; {len(requests)} requests x {args.images_per_request} images "
-          f"{args.image_size}x{args.image_size}, {args.max_new_tokens} new tokens, {args.threads} thread(s)/process",
-          flush=True)
+          f"{args.image_size}x{args.image_size}, {args.max_new_tokens} new tokens, {args.threads} thread(s)/process; "
+          f"{args.rounds} rounds; (c), (d): {gap:g} ms idle before each request", flush=True)
 
     runner = SerialRunner(model, args.threads, args.dtype)
-    rounds: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
-    for i in range(args.rounds):  # interleaved rounds; each mode keeps its least-disturbed (fastest) round
-        tag = f"round {i + 1}/{args.rounds}:"
-        print(f"{PREFIX} {tag} (a) serial, one process: encode then generate...", flush=True)
-        rounds["a"].append(runner.run(requests))
-        print(f"{PREFIX} {tag} (b) split, 1 encoder + 1 language rank...", flush=True)
-        rounds["b"].append(run_split(model, req_file, workdir, args.threads, args.dtype, args.max_new_tokens))
-        print(f"{PREFIX} {tag} (c) split, one request at a time (--serial)...", flush=True)
-        rounds["c"].append(run_split(model, req_file, workdir, args.threads, args.dtype, args.max_new_tokens,
-                                     serial=True))
-    serial, split, single = (min(rounds[k], key=lambda r: r["wall_s"]) for k in "abc")
+    split = dict(model=model, requests_file=req_file, workdir=workdir, threads=args.threads, dtype=args.dtype,
+                 max_new_tokens=args.max_new_tokens)
+    run = {
+        "a": lambda: runner.run(requests),
+        "b": lambda: run_split(**split),
+        "c": lambda: run_split(**split, serial=True, gap_ms=gap),
+        "d": lambda: runner.run(requests, gap_s=gap / 1e3),
+    }
+    rounds: dict[str, list[dict]] = {k: [] for k in MODES}
+    for i in range(args.rounds):
+        for key, name in MODES.items():
+            print(f"{PREFIX} round {i + 1}/{args.rounds}: {name}...", flush=True)
+            rounds[key].append(run[key]())
 
-    same = all(r["token_ids"] == serial["token_ids"] for rs in rounds.values() for r in rs)
-    rows = []
-    for name, r in (("(a) serial, 1 process (monolithic)", serial), ("(b) split 1E+1L (pipelined)", split),
-                    ("(c) split 1E+1L, one request at a time", single)):
-        rows.append({
-            "mode": name, "requests": len(r["latencies"]), "wall_s": r["wall_s"],
-            "requests_per_s": len(r["latencies"]) / r["wall_s"], "tokens_per_s": r["tokens"] / r["wall_s"],
-            "latency_p50_s": percentile(r["latencies"], 50), "latency_mean_s": sum(r["latencies"]) / len(r["latencies"]),
-            "latency_p95_s": percentile(r["latencies"], 95), "latency_min_s": min(r["latencies"]),
-        })
-    ratio = rows[1]["requests_per_s"] / rows[0]["requests_per_s"]
-    # single-request latency: the split with one request in the system at a time (c) vs monolithic (a)
-    overhead = rows[2]["latency_p50_s"] / rows[0]["latency_p50_s"] - 1.0
-    overhead_wall = rows[2]["wall_s"] / rows[0]["wall_s"] - 1.0
-    overhead_min = rows[2]["latency_min_s"] / rows[0]["latency_min_s"] - 1.0
+    reference = rounds["a"][0]["token_ids"]
+    same = all(r["token_ids"] == reference for rs in rounds.values() for r in rs)
+    stats = {k: [_stats(r) for r in rs] for k, rs in rounds.items()}
+    # paired, per round: both sides of a ratio ran back to back
+    ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(stats["a"], stats["b"])]
+    overheads = [c["latency_p50_s"] / d["latency_p50_s"] - 1 for c, d in zip(stats["c"], stats["d"])]
+    ratio, overhead = _median(ratios), _median(overheads)
+    rows = [{"mode": MODES[k], **{f: _median([s[f] for s in ss]) for f in ss[0]}} for k, ss in stats.items()]
     table = [
         "| mode | requests | wall (s) | req/s | tokens/s | latency min (ms) | p50 (ms) | mean (ms) | p95 (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        table.append(f"| {r['mode']} | {r['requests']} | {r['wall_s']:.2f} | {r['requests_per_s']:.2f} | "
-                     f"{r['tokens_per_s']:.1f} | {r['latency_min_s']*1e3:.1f} | {r['latency_p50_s']*1e3:.1f} | {r['latency_mean_s']*1e3:.1f} | "
-                     f"{r['latency_p95_s']*1e3:.1f} |")
+        table.append(f"| {r['mode']} | {r['requests']:.0f} | {r['wall_s']:.2f} | {r['requests_per_s']:.2f} | "
+                     f"{r['tokens_per_s']:.1f} | {r['latency_min_s']*1e3:.1f} | {r['latency_p50_s']*1e3:.1f} | "
+                     f"{r['latency_mean_s']*1e3:.1f} | {r['latency_p95_s']*1e3:.1f} |")
+    stage = {k: {s: _median([r["stage_p50"][s] for r in rounds[k]]) for s in rounds[k][0]["stage_p50"]} for k in "bc"}
     verdict = [
-        f"throughput ratio (b)/(a): {ratio:.2f}x  (goal >= 1.6x: {'met' if ratio >= 1.6 else 'NOT met'})",
-        f"single-request latency overhead, split (c) vs monolithic (a), p50: {overhead*100:+.1f}%  "
-        f"(goal <= +10%: {'met' if overhead <= 0.10 else 'NOT met'}); wall per request: {overhead_wall*100:+.1f}%, "
-        f"min: {overhead_min*100:+.1f}%",
+        f"throughput ratio (b)/(a), median of {args.rounds} paired rounds: {ratio:.2f}x  "
+        f"(goal >= 1.6x: {'met' if ratio >= 1.6 else 'NOT met'}); per round: "
+        + " ".join(f"{x:.2f}" for x in ratios),
+        f"single-request latency overhead, split (c) vs monolithic (d), p50, median of {args.rounds} paired rounds: "
+        f"{overhead*100:+.1f}%  (goal <= +10%: {'met' if overhead <= 0.10 else 'NOT met'}); per round: "
+        + " ".join(f"{x*100:+.1f}%" for x in overheads),
         "split stage p50 (ms), pipelined (b): " + ", ".join(
-            f"{k} {v*1e3:.1f}" for k, v in split["stage_p50"].items() if k != "latency_s"),
+            f"{k} {v*1e3:.1f}" for k, v in stage["b"].items() if k != "latency_s"),
         "split stage p50 (ms), one at a time (c): " + ", ".join(
-            f"{k} {v*1e3:.1f}" for k, v in single["stage_p50"].items() if k != "latency_s"),
-        f"token ids identical in (a), (b) and (c), every round: {same}",
-        f"rounds: {args.rounds}, best of each shown; wall (s) per round: " + "; ".join(
-            f"({k}) " + " ".join(f"{r['wall_s']:.2f}" for r in rs) for k, rs in rounds.items()),
+            f"{k} {v*1e3:.1f}" for k, v in stage["c"].items() if k != "latency_s"),
+        f"token ids identical in every mode and round: {same}",
+        "table: median over rounds of each figure; wall (s) of (c) and (d) includes the idle gaps",
     ]
     print("\n" + "\n".join(table) + "\n\n" + "\n".join(verdict), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "throughput_ratio": ratio,
-                                               "latency_overhead": overhead,
-                                               "latency_overhead_wall": overhead_wall, "latency_overhead_min": overhead_min, "token_ids_equal": same,
-                                               "split_stage_p50_s": split["stage_p50"]}, indent=1))
+        Path(args.json).write_text(json.dumps({
+            "rows": rows, "throughput_ratio": ratio, "throughput_ratios": ratios, "latency_overhead": overhead,
+            "latency_overheads": overheads, "gap_ms": gap, "token_ids_equal": same, "split_stage_p50_s": stage,
+        }, indent=1))
     return 0 if same else 1
 
 

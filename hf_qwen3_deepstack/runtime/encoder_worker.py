@@ -38,6 +38,8 @@ def run_encoder(ctx) -> None:
         faults.maybe_die(roles.rank, handled)
         req = requests[index]
         peer = roles.lm_for(index)
+        if args.serial and args.serial_gap_ms:  # the request arrives at an idle system
+            time.sleep(args.serial_gap_ms / 1e3)
         t0 = time.perf_counter()
         try:
             if req.error:

@@ -34,6 +34,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required:
     g.add_argument("--serial", action="store_true",
                    help="one request at a time per encoder: encode the next only when the previous is generated "
                         "(no overlap; for latency measurements)")
+    g.add_argument("--serial-gap-ms", type=float, default=0.0,
+                   help="with --serial: idle time before each request (requests arriving one by one at an idle system)")
     g.add_argument("--summary-json", default=None, help=argparse.SUPPRESS)
 
 
@@ -41,7 +43,7 @@ def forward_argv(args: argparse.Namespace) -> list[str]:
     """argv for `python -m hf_qwen3_deepstack.launch` reproducing `args`."""
     out: list[str] = []
     for name in ("model", "encoder_model", "lm_model", "requests", "output", "encoders", "lms", "max_new_tokens", "dtype", "capacity_tokens",
-                 "max_inflight", "timeout", "threads", "summary_json"):
+                 "max_inflight", "timeout", "threads", "serial_gap_ms", "summary_json"):
         value = getattr(args, name, None)
         if value is not None:
             out += ["--" + name.replace("_", "-"), str(value)]
