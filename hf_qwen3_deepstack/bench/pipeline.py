@@ -211,6 +211,8 @@ def main(args: argparse.Namespace) -> int:
         f"single-request latency overhead, split (c) vs monolithic (d), p50, median of {args.rounds} paired rounds: "
         f"{overhead*100:+.1f}%  (goal <= +10%: {'met' if overhead <= 0.10 else 'NOT met'}); per round: "
         + " ".join(f"{x*100:+.1f}%" for x in overheads),
+        "for reference, (c) p50 vs (a) back to back (no idle gap, always warm): " + " ".join(
+            f"{c['latency_p50_s'] / a['latency_p50_s'] * 100 - 100:+.1f}%" for c, a in zip(stats["c"], stats["a"])),
         "split stage p50 (ms), pipelined (b): " + ", ".join(
             f"{k} {v*1e3:.1f}" for k, v in stage["b"].items() if k != "latency_s"),
         "split stage p50 (ms), one at a time (c): " + ", ".join(

@@ -4,6 +4,9 @@ For each payload size it measures, on the receiving rank, (a) our `send`/`recv` 
 one chunk per request (capacity = whole request) and (b) chunked (capacity = 1/4 of the
 request's tokens), (c) raw `dist.send` of one contiguous tensor of the same bytes, and 64 KB
 one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock).
+Methods run back to back in each of `--rounds` rounds; ratios are medians of the per-round
+ratios (the host's speed drifts between runs; a paired ratio cancels most of it), GB/s columns
+medians over rounds.
 Payload: an all-image request (N visual tokens, + N/8 text tokens) with K deepstack levels of
 width H in bf16. Prints a markdown table; writes a PNG chart when matplotlib is installed.
 """
@@ -27,10 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="payload sizes, e.g. 64K,1M,64M")
     parser.add_argument("--hidden-size", type=int, default=2048, help="H (2048: Qwen3-VL-30B-A3B)")
     parser.add_argument("--deepstack-levels", type=int, default=3, help="K")
-    parser.add_argument("--bytes-per-point", type=float, default=192e6,
+    parser.add_argument("--bytes-per-point", type=float, default=768e6,
                         help="bytes moved per measurement (sets the repeat count)")
-    parser.add_argument("--latency-iters", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size (best is kept)")
+    parser.add_argument("--latency-iters", type=int, default=100, help="messages per latency round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per size (and for latency); medians are reported")
     parser.add_argument("--out", default="bench_transfer", help="output prefix for .md and .png")
     parser.add_argument("--port", type=int, default=0, help="rendezvous port (0: pick a free one)")
 
@@ -173,8 +176,9 @@ def _latency_ours(rank: int, out, iters: int, tag: int) -> float | None:
     lat = []
     for _ in range(iters):
         dist.send(go, 0)
-        rx.recv()
+        _, got = rx.recv()
         t1 = time.perf_counter()
+        rx.recycle(got)  # serving steady state, as in the throughput runs (after the clock stops)
         dist.recv(stamp, 0)
         lat.append(t1 - float(stamp[0]))
     rx.close()
@@ -196,8 +200,8 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
         nbytes = wire_payload_bytes(out)
         total = out.input_ids.numel()
         reps = max(2, _repeats(nbytes, cfg["budget"]) // cfg["rounds"])
-        best = {"single": 0.0, "fresh": 0.0, "chunked": 0.0, "raw": 0.0}
-        # methods interleaved, best of `rounds` rounds: the host may be shared, this tames the noise
+        per_round: dict[str, list[float]] = {"single": [], "fresh": [], "chunked": [], "raw": []}
+        # methods back to back in each round; medians of per-round figures and paired ratios
         for _ in range(cfg["rounds"]):
             times = {}
             tag += 10
@@ -209,18 +213,24 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
             times["fresh"] = _ours(rank, out, total, reps, tag + 5, recycle=False)
             if rank == 1:
                 for k, t in times.items():
-                    best[k] = max(best[k], nbytes * reps / t)
+                    per_round[k].append(nbytes * reps / t)
         if rank == 1:
+            med = {k: statistics.median(v) for k, v in per_round.items()}
+            ratios = {f"{k}_ratio": statistics.median(x / r for x, r in zip(per_round[k], per_round["raw"]))
+                      for k in ("single", "chunked")}
             rows.append(dict(size=size, nbytes=nbytes, tokens=total, visual=out.num_visual_tokens, reps=reps,
-                             **best))
+                             **med, **ratios))
     out = make_payload(64 << 10, cfg["hidden"], cfg["levels"])
-    tag += 10
-    lat_ours = _latency_ours(rank, out, cfg["latency_iters"], tag)
-    lat_raw = _latency_raw(rank, wire_payload_bytes(out), cfg["latency_iters"])
+    lat_ours, lat_raw = [], []
+    for _ in range(cfg["rounds"]):
+        tag += 10
+        lat_ours.append(_latency_ours(rank, out, cfg["latency_iters"], tag))
+        lat_raw.append(_latency_raw(rank, wire_payload_bytes(out), cfg["latency_iters"]))
     wire = _typical_prompt_wire(rank, cfg, tag + 10)
     dist.barrier()
     if rank == 1:
-        results.put(dict(rows=rows, lat_ours=lat_ours, lat_raw=lat_raw, wire=wire))
+        results.put(dict(rows=rows, lat_ours=statistics.median(lat_ours), lat_raw=statistics.median(lat_raw),
+                         lat_ratio=statistics.median(o / r for o, r in zip(lat_ours, lat_raw)), wire=wire))
     dist.destroy_process_group()
 
 
@@ -272,7 +282,8 @@ def _free_port() -> int:
 def render(res: dict, cfg: dict) -> str:
     lines = [
         f"Payload: 1 image request, N visual tokens + N/8 text tokens, H={cfg['hidden']}, K={cfg['levels']}, bf16; "
-        "2 gloo ranks on loopback; GB/s = 1e9 bytes/s measured at the receiver, best of interleaved rounds. ours = `recv()` + "
+        f"2 gloo ranks on loopback; GB/s = 1e9 bytes/s measured at the receiver, median of {cfg['rounds']} rounds; "
+        "ratios = median of the per-round paired ratios. ours = `recv()` + "
         "`recycle()` of the previous result (serving steady state); the last column allocates fresh result "
         "tensors per request (page faults) -- raw dist.send reuses one buffer.",
         "",
@@ -283,11 +294,12 @@ def render(res: dict, cfg: dict) -> str:
     for r in res["rows"]:
         lines.append(
             f"| {_fmt_size(r['size'])} | {r['tokens']} | {r['single'] / 1e9:.2f} | {r['chunked'] / 1e9:.2f} "
-            f"| {r['raw'] / 1e9:.2f} | {r['single'] / r['raw']:.2f} | {r['chunked'] / r['raw']:.2f} "
+            f"| {r['raw'] / 1e9:.2f} | {r['single_ratio']:.2f} | {r['chunked_ratio']:.2f} "
             f"| {r['fresh'] / 1e9:.2f} |")
     lo, lr = res["lat_ours"], res["lat_raw"]
-    lines += ["", f"64 KB one-way latency (median): ours {lo * 1e6:.0f} us, raw dist.send {lr * 1e6:.0f} us, "
-                  f"ratio {lo / lr:.2f}", "",
+    lines += ["", f"64 KB one-way latency (median of {cfg['rounds']} rounds of per-message medians): ours "
+                  f"{lo * 1e6:.0f} us, raw dist.send {lr * 1e6:.0f} us, ratio {res['lat_ratio']:.2f} (median of "
+                  "paired per-round ratios)", "",
               "Bytes on the wire per request, typical prompt (1 image = 1024 visual tokens, S = 1124, bf16, "
               f"K={cfg['levels']}); ours = headers + control + ids/positions/mask + visual rows:", "",
               "| model (H) | capacity | ours bytes | of which data | seeds' layout S x (1+K) x H x 2 | ours / seeds |",
