@@ -128,3 +128,39 @@ def test_recv_chunks_streams_each_chunk_with_its_deepstack_rows():
     _, (_, chunk_counts) = run_ranks(_deliver, args=(CAP, 16, True), timeout=90)
     for case, n in zip(CASES, chunk_counts):
         assert n == max(1, -(-case[1] * case[2] // CAP)), case[0]
+
+
+def _ack_then_close(rank: int):
+    import time
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+    from hf_qwen3_deepstack.transfer._wait import Waiter
+
+    out = random_output(7, 1, 40, 6, hidden=24)
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=10)
+        tx.send(0, out)  # raises PeerClosed if the receiver's CLOSE overtook its acknowledgement
+        tx.close()
+        return tx.stats.requests_done
+    submit = Waiter.submit_posting
+
+    def slow_submit(self, post, count):  # the final acknowledgement is posted late (background thread)
+        def late():
+            time.sleep(0.3)
+            return post()
+
+        return submit(self, late, count)
+
+    Waiter.submit_posting = slow_submit
+    rx = EncoderOutputReceiver(0, capacity_tokens=64, timeout=10)
+    _, got = rx.recv()
+    assert_same(got, out)
+    t0 = time.monotonic()
+    rx.close()  # at once: its CLOSE must still go after the acknowledgement
+    return time.monotonic() - t0
+
+
+def test_final_acknowledgement_reaches_the_sender_before_a_later_close():
+    done, close_s = run_ranks(_ack_then_close, timeout=60)
+    assert done == 1
+    assert close_s >= 0.2  # close() did wait for the late acknowledgement to be posted
