@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -152,15 +153,11 @@ def _stats(r: dict) -> dict:
             "latency_p95_s": percentile(lat, 95)}
 
 
-def _median(xs: list[float]) -> float:
-    import statistics
-
-    return statistics.median(xs)
-
-
 def main(args: argparse.Namespace) -> int:
     from hf_qwen3_deepstack.runtime.models import resolve_model
 
+    if args.rounds < 1 or args.num_requests < 1:
+        raise SystemExit(f"{PREFIX} --rounds and --num-requests must be at least 1")
     model = resolve_model(args.model)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +190,8 @@ def main(args: argparse.Namespace) -> int:
     # paired, per round: both sides of a ratio ran back to back
     ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(stats["a"], stats["b"])]
     overheads = [c["latency_p50_s"] / d["latency_p50_s"] - 1 for c, d in zip(stats["c"], stats["d"])]
-    ratio, overhead = _median(ratios), _median(overheads)
-    rows = [{"mode": MODES[k], **{f: _median([s[f] for s in ss]) for f in ss[0]}} for k, ss in stats.items()]
+    ratio, overhead = statistics.median(ratios), statistics.median(overheads)
+    rows = [{"mode": MODES[k], **{f: statistics.median([s[f] for s in ss]) for f in ss[0]}} for k, ss in stats.items()]
     table = [
         "| mode | requests | wall (s) | req/s | tokens/s | latency min (ms) | p50 (ms) | mean (ms) | p95 (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -203,7 +200,7 @@ def main(args: argparse.Namespace) -> int:
         table.append(f"| {r['mode']} | {r['requests']:.0f} | {r['wall_s']:.2f} | {r['requests_per_s']:.2f} | "
                      f"{r['tokens_per_s']:.1f} | {r['latency_min_s']*1e3:.1f} | {r['latency_p50_s']*1e3:.1f} | "
                      f"{r['latency_mean_s']*1e3:.1f} | {r['latency_p95_s']*1e3:.1f} |")
-    stage = {k: {s: _median([r["stage_p50"][s] for r in rounds[k]]) for s in rounds[k][0]["stage_p50"]} for k in "bc"}
+    stage = {k: {s: statistics.median([r["stage_p50"][s] for r in rounds[k]]) for s in rounds[k][0]["stage_p50"]} for k in "bc"}
     verdict = [
         f"throughput ratio (b)/(a), median of {args.rounds} paired rounds: {ratio:.2f}x  "
         f"(goal >= 1.6x: {'met' if ratio >= 1.6 else 'NOT met'}); per round: "

@@ -337,6 +337,8 @@ def chart(res: dict, path: str) -> bool:
 def main(args: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
+    if args.rounds < 1 or args.latency_iters < 1:
+        raise SystemExit("[bench transfer] --rounds and --latency-iters must be at least 1")
     cfg = dict(sizes=[_parse_size(s) for s in args.sizes.split(",")], hidden=args.hidden_size,
                levels=args.deepstack_levels, budget=args.bytes_per_point, latency_iters=args.latency_iters,
                rounds=args.rounds)
