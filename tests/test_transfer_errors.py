@@ -189,3 +189,29 @@ def test_dead_receiver_fails_the_request_within_the_timeout():
     elapsed, kind, msg = ctx_results[0]
     assert elapsed < 5.5
     assert "request 2" in msg or "rank 1" in msg
+
+
+def _outside_peers(rank):
+    """A sender/receiver whose peer is outside the world, or outside the given group."""
+    import torch.distributed as dist
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    group = dist.new_group([0])  # every rank creates it; only rank 0 is a member
+    if rank == 1:
+        return None
+    messages = []
+    for make in (lambda: EncoderOutputSender(7), lambda: EncoderOutputReceiver(7, capacity_tokens=8),
+                 lambda: EncoderOutputSender(1, group)):
+        try:
+            make()
+        except ValueError as e:
+            messages.append(str(e))
+    return messages
+
+
+def test_peer_outside_the_group_is_a_clear_error_at_construction():
+    messages, _ = run_ranks(_outside_peers, timeout=60)
+    assert len(messages) == 3, messages
+    assert all("peer rank" in m and "not a member" in m for m in messages), messages
+    assert "peer rank 7" in messages[0] and "peer rank 1" in messages[2]

@@ -1,7 +1,8 @@
 """Resumable chunked transfer of `EncoderOutput` over torch.distributed point-to-point.
 
 The same code runs on gloo (CPU tensors) and NCCL (CUDA tensors): every message is a tensor on
-the data's device, sent with `dist.isend`/`dist.irecv`, so a group created with
+the data's device, sent point-to-point on the process group (`ProcessGroup.send`/`recv`, what
+`dist.isend`/`dist.irecv` call, without their per-call Python; `link.py`), so a group created with
 ``backend="cpu:gloo,cuda:nccl"`` picks the backend by device. No sockets of our own, no pickle:
 headers are fixed-size int64 tensors, validated before any data is received.
 

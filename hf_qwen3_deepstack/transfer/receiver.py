@@ -26,6 +26,7 @@ from .chunking import (
     staging_nbytes,
     staging_views,
 )
+from .link import PeerLink
 from .protocol import (
     CODE_DTYPES,
     CONTROL_WORDS,
@@ -90,14 +91,15 @@ class EncoderOutputChunk:
 class _Channel:
     """Per-peer state: header buffer, the outstanding header receive, waiter threads."""
 
-    def __init__(self, peer: int, device: torch.device, cond: threading.Condition, inline_bytes: int):
-        self.peer = peer
+    def __init__(self, link: PeerLink, device: torch.device, cond: threading.Condition, inline_bytes: int):
+        self.peer = link.peer
+        self.link = link
         # a header, or a first header + the whole (small) request inline
         self.header_buf = torch.empty(HEADER_BYTES + inline_bytes, dtype=torch.uint8, device=device)
         # headers and control sends complete on one thread, data on another: a refused pull (ERROR
         # header) is seen while its data receives are still posted
-        self.header_waiter = Waiter(f"rx-hdr-{peer}", cond, cuda=is_cuda(device))
-        self.data_waiter = Waiter(f"rx-data-{peer}", cond, cuda=is_cuda(device))
+        self.header_waiter = Waiter(f"rx-hdr-{self.peer}", cond, cuda=is_cuda(device))
+        self.data_waiter = Waiter(f"rx-data-{self.peer}", cond, cuda=is_cuda(device))
         self.header: Pending | None = None  # outstanding header receive
         self.closed = False  # sender said BYE
         self.broken: BaseException | None = None
@@ -173,7 +175,7 @@ class EncoderOutputReceiver:
             inline_bytes = INLINE_BYTES if self.device.type == "cpu" else 0
         self.inline_bytes = inline_bytes
         self._cond = threading.Condition()
-        self._channels = [_Channel(p, self.device, self._cond, inline_bytes) for p in peers]
+        self._channels = [_Channel(PeerLink(p, group), self.device, self._cond, inline_bytes) for p in peers]
         self._rr = 0
         self._active: _Active | None = None
         self._staging: torch.Tensor | None = None
@@ -651,10 +653,10 @@ class EncoderOutputReceiver:
         return t
 
     def _isend_ctrl(self, ch: _Channel, t: torch.Tensor) -> tuple:
-        return dist.isend(t, dst=ch.peer, group=self.group, tag=self.ctrl_tag), t, 0
+        return ch.link.isend(t, self.ctrl_tag), t, 0
 
     def _irecv(self, ch: _Channel, t: torch.Tensor, tag: int):
-        return dist.irecv(t, src=ch.peer, group=self.group, tag=tag)
+        return ch.link.irecv(t, tag)
 
 
 __all__ = ["EncoderOutputReceiver", "EncoderOutputChunk"]

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from ..encoder_output import EncoderOutput
 from ._wait import Pending, Waiter, block_on, is_cuda
 from .chunking import SendPlan
+from .link import PeerLink
 from .protocol import (
     CONTROL_WORDS,
     ERR_BAD_CONTROL,
@@ -123,6 +124,7 @@ class EncoderOutputSender:
     ):
         self.peer = peer
         self.group = group
+        self._link = PeerLink(peer, group)
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
@@ -239,7 +241,7 @@ class EncoderOutputSender:
 
         def post() -> tuple:
             buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
-            return dist.irecv(buf, src=self.peer, group=self.group, tag=self.ctrl_tag), buf
+            return self._link.irecv(buf, self.ctrl_tag), buf
 
         try:
             nxt = post()
@@ -413,8 +415,7 @@ class EncoderOutputSender:
         the tensors alive), handed over in one batch (one thread wake-up)."""
         if self.device is not None:
             tensors = [t if t.device == self.device else t.to(self.device) for t in tensors]
-        ps = self._send_waiter.submit_many(
-            [(dist.isend(t, dst=self.peer, group=self.group, tag=tag), t, 0) for t in tensors])
+        ps = self._send_waiter.submit_many([(self._link.isend(t, tag), t, 0) for t in tensors])
         self._sends.extend(ps)
         return ps
 
