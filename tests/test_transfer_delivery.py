@@ -164,3 +164,36 @@ def test_final_acknowledgement_reaches_the_sender_before_a_later_close():
     done, close_s = run_ranks(_ack_then_close, timeout=60)
     assert done == 1
     assert close_s >= 0.2  # close() did wait for the late acknowledgement to be posted
+
+
+ONE_CHUNK_MASKS = [torch.int64, torch.bool, torch.int32, None]
+
+
+def _one_chunk_in_place(rank: int):
+    """One-chunk requests over 256 KB, header then data: received straight into the result."""
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    outs = [random_output(40 + i, 1, 60, 40 if i else 0, hidden=512, mask_dtype=m) for i, m in enumerate(ONE_CHUNK_MASKS)]
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=20)
+        for i, out in enumerate(outs):
+            tx.send(i, out)
+        tx.close()
+        return tx.stats.chunks_sent
+    rx = EncoderOutputReceiver(0, capacity_tokens=64, timeout=20, inline_bytes=0)
+    shared = []
+    for i, want in enumerate(outs):
+        rid, got = rx.recv()
+        assert rid == i
+        assert_same(got, want, f"mask {ONE_CHUNK_MASKS[i]}")
+        storages = {t.untyped_storage().data_ptr() for t in (got.input_ids, got.position_ids, got.rope_deltas)}
+        shared.append(len(storages) == 1 and got.input_ids.untyped_storage().data_ptr()
+                      != rx._staging.untyped_storage().data_ptr())
+    rx.close()
+    return shared
+
+
+def test_one_chunk_request_lands_in_its_result_without_staging_and_keeps_mask_dtype():
+    chunks_sent, in_place = run_ranks(_one_chunk_in_place, timeout=90)
+    assert chunks_sent == len(ONE_CHUNK_MASKS)
+    assert in_place == [True] * len(ONE_CHUNK_MASKS)

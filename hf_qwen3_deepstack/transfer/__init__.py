@@ -59,7 +59,8 @@ staging never holds more than that of a request. A one-chunk request that arrive
 returned by `recv()` as views of its header buffer (no copy; the channel takes a fresh buffer). `recv_chunks()` yields views into the
 staging buffer (bounded memory end to end, e.g. for chunked prefill); `recv()` assembles the
 whole request, receiving large embedding blocks straight into the result tensors (saves one
-memcpy) and small ones through staging. `receiver.recycle(output)` hands a consumed result back so
+memcpy) and small ones through staging; a one-chunk request's int section lands in place too (its
+ids, positions, rope deltas and int64 mask are views of one block in the wire's int layout). `receiver.recycle(output)` hands a consumed result back so
 the next `recv()` reuses its embedding memory instead of page-faulting fresh memory (for large
 requests that costs about as much as the transfer).
 

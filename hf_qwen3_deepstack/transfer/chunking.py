@@ -202,13 +202,14 @@ def staging_nbytes(capacity: int, max_batch_size: int, levels: int, hidden: int,
 
 @dataclass
 class ChunkViews:
-    """Views of one received chunk (into staging, or into the result for embeddings)."""
+    """Views of one received chunk (into staging, or into the result)."""
 
     ints: torch.Tensor  # (int_numel,) int64
     visual: torch.Tensor  # (n, H)
-    deepstack: torch.Tensor | list[torch.Tensor]  # (K, n, H), or K x (n, H) rows of the result
+    deepstack: torch.Tensor  # (K, n, H)
     targets: list[torch.Tensor]  # what to irecv into, in wire order
     staged: bool = True  # embeddings are in staging (scatter copies them into the result)
+    ints_in_place: bool = False  # the int section landed in the result's own int block
 
 
 def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
@@ -228,18 +229,25 @@ def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
     return ChunkViews(ints, visual, deep, [t for t in targets if t.numel()])
 
 
-def direct_views(staging: torch.Tensor, h: ChunkHeader, result: EncoderOutput) -> ChunkViews:
-    """Large chunks: ints into staging, embedding rows straight into the result (no extra copy)."""
-    if h.packed or not h.row_count:
+def direct_views(staging: torch.Tensor, h: ChunkHeader, result: EncoderOutput,
+                 int_block: torch.Tensor | None = None) -> ChunkViews:
+    """Large chunks: embedding rows straight into the result (no extra copy); the int section too
+    when the result has a wire-layout `int_block` (one-chunk requests, see `empty_result`), else
+    into staging."""
+    if h.packed or (not h.row_count and int_block is None):
         return staging_views(staging, h)
     r0, n = h.row_offset, h.row_count
-    ints = staging[: h.int_bytes].view(torch.int64)
+    ints = staging[: h.int_bytes].view(torch.int64) if int_block is None else int_block
     visual = result.visual_embeds[r0 : r0 + n]
-    if all_rows(h):
-        deep = [result.deepstack_visual_embeds]
+    deep = result.deepstack_visual_embeds[:, r0 : r0 + n]
+    if not n:
+        embeds = []
+    elif all_rows(h):
+        embeds = [visual, result.deepstack_visual_embeds]
     else:
-        deep = [result.deepstack_visual_embeds[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
-    return ChunkViews(ints, visual, deep, [t for t in [ints, visual, *deep] if t.numel()], staged=False)
+        embeds = [visual] + [deep[k] for k in range(h.num_deepstack_levels)]
+    return ChunkViews(ints, visual, deep, [t for t in [ints, *embeds] if t.numel()], staged=False,
+                      ints_in_place=int_block is not None)
 
 
 @dataclass
@@ -261,28 +269,44 @@ def split_ints(ints: torch.Tensor, h: ChunkHeader) -> IntParts:
     return IntParts(rope, ids, pos, mask)
 
 
-def empty_result(h: ChunkHeader, device: torch.device, embed_buffer: torch.Tensor | None = None) -> EncoderOutput:
+def empty_result(h: ChunkHeader, device: torch.device,
+                 embed_buffer: torch.Tensor | None = None) -> tuple[EncoderOutput, torch.Tensor | None]:
     """Allocate the assembled EncoderOutput described by first-chunk header `h`. Visual rows and
-    deepstack share one flat buffer: `embed_buffer` (uint8, large enough) when given, else fresh."""
+    deepstack share one flat buffer: `embed_buffer` (uint8, large enough) when given, else fresh.
+    A one-chunk request also gets its int tensors as views of one int64 block in the wire's int
+    layout (rope | ids | positions | mask), returned second (else None): its int section is
+    received in place, without staging or a copy."""
     b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_deepstack_levels, h.hidden_size
     dtype = CODE_DTYPES[h.embed_dtype]
     nbytes = (1 + k) * n * hid * dtype.itemsize
     if embed_buffer is None or embed_buffer.numel() < nbytes:
         embed_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
     flat = embed_buffer[:nbytes].view(dtype)
-    mask = None
-    if h.mask_dtype != NONE_ID:
-        mask = torch.empty(b, s, dtype=CODE_DTYPES[h.mask_dtype], device=device)
-    return EncoderOutput(
-        input_ids=torch.empty(b, s, dtype=torch.int64, device=device),
-        position_ids=torch.empty(3, b, s, dtype=torch.int64, device=device),
-        rope_deltas=torch.empty(b, 1, dtype=torch.int64, device=device),
+    mask_dtype = None if h.mask_dtype == NONE_ID else CODE_DTYPES[h.mask_dtype]
+    block = None
+    if h.last:  # one chunk
+        block = torch.empty(int_numel(h), dtype=torch.int64, device=device)
+        parts = split_ints(block, h)
+        ids, pos, rope = parts.ids.view(b, s), parts.pos.view(3, b, s), parts.rope.view(b, 1)
+        mask = parts.mask.view(b, s) if mask_dtype == torch.int64 else None
+    else:
+        ids = torch.empty(b, s, dtype=torch.int64, device=device)
+        pos = torch.empty(3, b, s, dtype=torch.int64, device=device)
+        rope = torch.empty(b, 1, dtype=torch.int64, device=device)
+        mask = None
+    if mask_dtype is not None and mask is None:
+        mask = torch.empty(b, s, dtype=mask_dtype, device=device)
+    out = EncoderOutput(
+        input_ids=ids,
+        position_ids=pos,
+        rope_deltas=rope,
         visual_embeds=flat[: n * hid].view(n, hid),
         deepstack_visual_embeds=flat[n * hid :].view(k, n, hid),
         attention_mask=mask,
         image_token_id=token_id(h.image_token_id),
         video_token_id=token_id(h.video_token_id),
     )
+    return out, block
 
 
 def inline_result(views: ChunkViews, parts: "IntParts", h: ChunkHeader) -> EncoderOutput:
@@ -308,15 +332,20 @@ def inline_result(views: ChunkViews, parts: "IntParts", h: ChunkHeader) -> Encod
 
 
 def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> None:
-    """Copy the chunk's per-token data (and packed embeddings) into the assembled result."""
+    """Copy the chunk's per-token data (and staged embeddings) into the assembled result."""
     parts = split_ints(views.ints, h)
     o, c = h.token_offset, h.token_count
-    if parts.rope is not None:
-        result.rope_deltas.view(-1).copy_(parts.rope)
-    result.input_ids.view(-1)[o : o + c].copy_(parts.ids)
-    result.position_ids.view(3, -1)[:, o : o + c].copy_(parts.pos)
-    if parts.mask is not None and result.attention_mask is not None:
-        result.attention_mask.view(-1)[o : o + c].copy_(parts.mask.to(result.attention_mask.dtype))
+    mask = result.attention_mask
+    if views.ints_in_place:  # only a mask of another dtype than the wire's int64 is left to convert
+        if parts.mask is not None and mask is not None and mask.dtype != torch.int64:
+            mask.view(-1).copy_(parts.mask)
+    else:
+        if parts.rope is not None:
+            result.rope_deltas.view(-1).copy_(parts.rope)
+        result.input_ids.view(-1)[o : o + c].copy_(parts.ids)
+        result.position_ids.view(3, -1)[:, o : o + c].copy_(parts.pos)
+        if parts.mask is not None and mask is not None:
+            mask.view(-1)[o : o + c].copy_(parts.mask.to(mask.dtype))
     r0, n = h.row_offset, h.row_count
     if n and views.staged:  # embeddings received into staging
         result.visual_embeds[r0 : r0 + n].copy_(views.visual)

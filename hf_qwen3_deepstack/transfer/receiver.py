@@ -126,6 +126,7 @@ class _Active:
     rows_acked: int = 0
     chunks: int = 0
     zero_copy: bool = False  # `result` is a view of the buffer the request arrived in
+    int_block: torch.Tensor | None = None  # the result's ints in wire layout (one-chunk requests)
     header: ChunkHeader | None = None  # header of the chunk in progress
     views: ChunkViews | None = None
     payload: list[Pending] | None = None
@@ -316,16 +317,19 @@ class EncoderOutputReceiver:
             self._validate_first(ch, h)
             if h.inline:
                 return self._start_inline(ch, h, mode)
-            rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
-            result = None
-            if mode == "recv":
-                result = empty_result(h, self.device, self._take_pooled(h))
-                if result.visual_embeds.untyped_storage().nbytes():
-                    self._owned[result.visual_embeds.untyped_storage().data_ptr()] = False
-                rope = result.rope_deltas
-            self._active = _Active(ch, h.request_id, h, mode, result, rope, header=h)
-            self.last_peer = ch.peer
+            self._active = self._begin(ch, h, mode)
             return self._active
+
+    def _begin(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
+        """State of a request whose (validated, not inline) first header `h` came from `ch`."""
+        self.last_peer = ch.peer
+        if mode != "recv":
+            rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
+            return _Active(ch, h.request_id, h, mode, None, rope, header=h)
+        result, block = empty_result(h, self.device, self._take_pooled(h))
+        if result.visual_embeds.untyped_storage().nbytes():
+            self._owned[result.visual_embeds.untyped_storage().data_ptr()] = False
+        return _Active(ch, h.request_id, h, mode, result, result.rope_deltas, header=h, int_block=block)
 
     def _start_inline(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
         """The whole request came with its header. `recv()` returns views of that buffer (the
@@ -492,7 +496,7 @@ class EncoderOutputReceiver:
         """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
         then pull it: the sender only sends into receives that are already posted."""
         ch, h = act.ch, act.header
-        act.views = (direct_views(self._staging, h, act.result) if act.result is not None
+        act.views = (direct_views(self._staging, h, act.result, act.int_block) if act.result is not None
                      else staging_views(self._staging, h))
         act.payload = ch.data_waiter.submit_many(
             [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in act.views.targets])
