@@ -201,7 +201,7 @@ def _outside_peers(rank):
     if rank == 1:
         return None
     messages = []
-    for make in (lambda: EncoderOutputSender(7), lambda: EncoderOutputReceiver(7, capacity_tokens=8),
+    for make in (lambda: EncoderOutputSender(7), lambda: EncoderOutputReceiver([1, 7], capacity_tokens=8),
                  lambda: EncoderOutputSender(1, group)):
         try:
             make()

@@ -176,7 +176,8 @@ class EncoderOutputReceiver:
             inline_bytes = INLINE_BYTES if self.device.type == "cpu" else 0
         self.inline_bytes = inline_bytes
         self._cond = threading.Condition()
-        self._channels = [_Channel(PeerLink(p, group), self.device, self._cond, inline_bytes) for p in peers]
+        links = [PeerLink(p, group) for p in peers]  # every peer checked before any thread starts
+        self._channels = [_Channel(link, self.device, self._cond, inline_bytes) for link in links]
         self._rr = 0
         self._active: _Active | None = None
         self._staging: torch.Tensor | None = None
