@@ -56,12 +56,13 @@ construction when `hidden_size`, `num_deepstack_levels` and `dtype` are given, e
 request, whose values then become the expectations), plus one header buffer of 256 bytes +
 `inline_bytes` (1 MiB on CPU) per sender. A chunk never exceeds `capacity_tokens` tokens, so
 staging never holds more than that of a request. A one-chunk request that arrived inline is
-returned by `recv()` as views of its header buffer (no copy; the channel takes a fresh buffer). `recv_chunks()` yields views into the
-staging buffer (bounded memory end to end, e.g. for chunked prefill); `recv()` assembles the
-whole request, receiving large embedding blocks straight into the result tensors (saves one
-memcpy) and small ones through staging; a one-chunk request's int section lands in place too (its
-ids, positions, rope deltas and int64 mask are views of one block in the wire's int layout). `receiver.recycle(output)` hands a consumed result back so
-the next `recv()` reuses its embedding memory instead of page-faulting fresh memory (for large
+returned by `recv()` as views of its header buffer (no copy; the channel takes a fresh buffer).
+`recv_chunks()` yields views into the staging buffer (bounded memory end to end, e.g. for chunked
+prefill); `recv()` assembles the whole request, receiving large embedding blocks straight into the
+result tensors (saves one memcpy) and small ones through staging; a one-chunk request's int
+section lands in place too (its ids, positions, rope deltas and int64 mask are views of one block
+in the wire's int layout). `receiver.recycle(output)` hands a consumed result back so the next
+`recv()` reuses its embedding memory instead of page-faulting fresh memory (for large
 requests that costs about as much as the transfer).
 
 Resume semantics
