@@ -3,6 +3,11 @@
 Hub remote code: imports only torch. Shape legend: B batch, S sequence length, N visual tokens
 (all images and videos of the batch, in sequence order, row-major over (B, S)), K deepstack
 levels, H language hidden size.
+
+Row layout: `visual_embeds` (N, H) and `deepstack_visual_embeds` (K, N, H) may be two tensors, or
+views of one token-major (N, 1+K, H) buffer (`visual_rows()`; made by `visual_rows_to_fields`):
+the encoder produces the latter, so the rows of any token range are one contiguous block, which
+the transfer sends as one message.
 """
 
 from dataclasses import dataclass, fields, replace
@@ -42,6 +47,31 @@ class EncoderOutput:
     def num_deepstack_levels(self) -> int:
         return self.deepstack_visual_embeds.shape[0]
 
+    def visual_rows(self) -> torch.Tensor | None:
+        """The token-major (N, 1+K, H) tensor that `visual_embeds` is `[:, 0]` of and
+        `deepstack_visual_embeds` is `[:, 1:]` (transposed) of, when they are such views; else None."""
+        v, d = self.visual_embeds, self.deepstack_visual_embeds
+        if v.ndim != 2 or d.ndim != 3 or v.dtype != d.dtype or v.device != d.device:
+            return None
+        (n, h), k = v.shape, d.shape[0]
+        if tuple(d.shape[1:]) != (n, h) or n == 0 or h == 0:
+            return None
+        if v.stride(1) != 1 or (n > 1 and v.stride(0) != (1 + k) * h):
+            return None
+        if k and (d.untyped_storage().data_ptr() != v.untyped_storage().data_ptr()
+                  or d.storage_offset() != v.storage_offset() + h or d.stride(2) != 1
+                  or (k > 1 and d.stride(0) != h) or (n > 1 and d.stride(1) != (1 + k) * h)):
+            return None
+        return v.as_strided((n, 1 + k, h), ((1 + k) * h, h, 1))
+
+    def token_major(self) -> "EncoderOutput":
+        """This output with its rows in one token-major (N, 1+K, H) buffer (itself if they are)."""
+        if self.num_visual_tokens == 0 or self.visual_rows() is not None:
+            return self
+        rows = torch.cat([self.visual_embeds[:, None], self.deepstack_visual_embeds.transpose(0, 1)], dim=1)
+        visual, deepstack = visual_rows_to_fields(rows)
+        return replace(self, visual_embeds=visual, deepstack_visual_embeds=deepstack)
+
     def visual_pos_mask(self) -> torch.Tensor:
         """(B, S) bool: True at image/video placeholder positions."""
         mask = placeholder_mask(self.input_ids, self.image_token_id, self.video_token_id)
@@ -57,11 +87,17 @@ class EncoderOutput:
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "EncoderOutput":
-        """Move to `device`; `dtype` applies to the embeddings only (ids and positions stay int64)."""
-        embeds = {
-            name: getattr(self, name).to(device=device, dtype=dtype)
-            for name in ("visual_embeds", "deepstack_visual_embeds")
-        }
+        """Move to `device`; `dtype` applies to the embeddings only (ids and positions stay int64).
+        Token-major rows stay token-major."""
+        rows = self.visual_rows()
+        if rows is not None:
+            visual, deepstack = visual_rows_to_fields(rows.to(device=device, dtype=dtype))
+            embeds = {"visual_embeds": visual, "deepstack_visual_embeds": deepstack}
+        else:
+            embeds = {
+                name: getattr(self, name).to(device=device, dtype=dtype)
+                for name in ("visual_embeds", "deepstack_visual_embeds")
+            }
         ints = {
             name: t.to(device) for name, t in self.tensors().items() if name not in embeds
         }
@@ -121,6 +157,12 @@ class EncoderOutput:
                     f"{n} visual embedding rows; they must be equal."
                 )
         return self
+
+
+def visual_rows_to_fields(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1+K, H) token-major rows -> (`visual_embeds` (N, H), `deepstack_visual_embeds` (K, N, H)),
+    both views of `rows` (which must be contiguous)."""
+    return rows[:, 0], rows[:, 1:].transpose(0, 1)
 
 
 def placeholder_mask(ids: torch.Tensor, image_token_id: int | None, video_token_id: int | None) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import (
 
 from .checkpoint_view import LoadsOwnShards
 from .configuration_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnlyConfig
-from .encoder_output import EncoderOutput
+from .encoder_output import EncoderOutput, visual_rows_to_fields
 from .state_dict_adapter import ENCODER_KEYS_FROM_OTHER_HALF, register_key_tables
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # mm_token_type_ids values, as transformers' processor writes them
@@ -176,12 +176,13 @@ class Qwen3VLMoeEncoderOnly(LoadsOwnShards, Qwen3VLMoePreTrainedModel):
                 )
 
     def rows_in_sequence_order(self, mm_token_type_ids, attention_mask, out: Qwen3VLMoeEncoderOnlyOutput):
-        """Image and video rows interleaved as their placeholders appear: (N, H) and (K, N, H)."""
+        """Image and video rows interleaved as their placeholders appear: (N, H) and (K, N, H), views
+        of one token-major (N, 1+K, H) buffer (a token range's rows are one block on the wire)."""
         types = mm_token_type_ids if attention_mask is None else mm_token_type_ids * attention_mask.bool()
         types = types[types != TEXT]  # (N,) in row-major (B, S) order
         hidden, levels = self.config.text_hidden_size, self.config.num_deepstack_levels
-        visual = torch.empty(types.shape[0], hidden, dtype=self.dtype, device=self.device)
-        deepstack = torch.empty(levels, types.shape[0], hidden, dtype=self.dtype, device=self.device)
+        rows = torch.empty(types.shape[0], 1 + levels, hidden, dtype=self.dtype, device=self.device)
+        visual, deepstack = visual_rows_to_fields(rows)
         for kind, rows, stacks in ((IMAGE, out.image_embeds, out.image_deepstack_embeds),
                                    (VIDEO, out.video_embeds, out.video_deepstack_embeds)):
             if rows is not None:

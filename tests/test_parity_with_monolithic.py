@@ -103,3 +103,19 @@ def test_decode_positions_continue_with_rope_deltas(models):
         positions = torch.cat([out.position_ids, out.position_ids[..., -1:] + 1], dim=-1)
         full = lm(**{**out.lm_inputs(), "input_ids": ids, "position_ids": positions}).logits
     assert (step.logits[:, -1] - full[:, -1]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("case", ["image_and_video", "left_padded_batch_of_two"])
+def test_encoder_rows_are_token_major_and_the_language_model_reads_them_like_contiguous_ones(models, case):
+    """`encode` returns visual and deepstack rows as views of one (N, 1+K, H) buffer (one block per
+    token range on the wire); the language model's logits do not depend on that layout."""
+    _, enc, lm = models
+    out = enc.encode(**CASES[case]())
+    rows = out.visual_rows()
+    assert rows is not None and rows.shape == (out.num_visual_tokens, 1 + out.num_deepstack_levels, out.hidden_size)
+    inputs = out.lm_inputs()
+    with torch.no_grad():
+        strided = lm(**inputs).logits
+        contiguous = lm(**{**inputs, "visual_embeds": out.visual_embeds.contiguous(),
+                           "deepstack_visual_embeds": out.deepstack_visual_embeds.contiguous()}).logits
+    assert torch.equal(strided, contiguous)

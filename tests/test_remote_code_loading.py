@@ -27,7 +27,7 @@ out = enc.encode(**inputs)
 with torch.no_grad():
     logits = lm(**out.lm_inputs()).logits
 tokens = lm.generate(**out.lm_inputs(), max_new_tokens=8, min_new_tokens=8, do_sample=False)
-save_file({{"visual_embeds": out.visual_embeds, "deepstack": out.deepstack_visual_embeds.contiguous(),
+save_file({{"visual_embeds": out.visual_embeds.contiguous(), "deepstack": out.deepstack_visual_embeds.contiguous(),
             "position_ids": out.position_ids.contiguous(), "logits": logits.contiguous(), "tokens": tokens}},
           "outputs.safetensors")
 print("remote classes:", type(enc).__module__, type(lm).__module__)

@@ -197,3 +197,36 @@ def test_one_chunk_request_lands_in_its_result_without_staging_and_keeps_mask_dt
     chunks_sent, in_place = run_ranks(_one_chunk_in_place, timeout=90)
     assert chunks_sent == len(ONE_CHUNK_MASKS)
     assert in_place == [True] * len(ONE_CHUNK_MASKS)
+
+
+def _token_major_rows(rank: int):
+    """Chunks over 256 KB (not packed), header then data: a chunk's rows are one message."""
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    outs = [random_output(60, 1, 200, 150, hidden=1024, levels=3).token_major(),  # as the encoder makes them
+            random_output(61, 2, 100, 120, hidden=1024, levels=3)]  # (N, H) + (K, N, H): interleaved once
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=20)
+        counts = []
+        for i, out in enumerate(outs):
+            before = tx.stats.messages_sent
+            tx.send(i, out)
+            counts.append(tx.stats.messages_sent - before)
+        tx.close()
+        return counts
+    rx = EncoderOutputReceiver(0, capacity_tokens=50, timeout=20, inline_bytes=0)
+    token_major = []
+    for i, want in enumerate(outs):
+        rid, got = rx.recv()
+        assert rid == i
+        assert_same(got, want)
+        token_major.append(got.visual_rows() is not None)
+    rx.close()
+    return token_major
+
+
+def test_each_chunk_sends_its_rows_as_one_message_and_results_are_token_major():
+    counts, token_major = run_ranks(_token_major_rows, timeout=90)
+    # 200 tokens at capacity 50 = 4 chunks: per chunk a header, the int section, the rows
+    assert counts == [4 * 3, 4 * 3]
+    assert token_major == [True, True]

@@ -50,7 +50,7 @@ def _fmt_size(n: int) -> str:
 
 def make_payload(nbytes: int, hidden: int, levels: int, dtype=torch.bfloat16):
     """An EncoderOutput whose wire payload is about `nbytes`: N visual + N/8 + 4 text tokens."""
-    from ..encoder_output import EncoderOutput
+    from ..encoder_output import EncoderOutput, visual_rows_to_fields
 
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_visual = (1 + levels) * hidden * itemsize + 40
@@ -60,12 +60,14 @@ def make_payload(nbytes: int, hidden: int, levels: int, dtype=torch.bfloat16):
     image_id = 151655
     ids[0, 2 : 2 + n] = image_id
     g = torch.Generator().manual_seed(0)
+    # token-major (N, 1+K, H) rows, as the encoder produces them
+    visual, deepstack = visual_rows_to_fields(torch.randn(n, 1 + levels, hidden, generator=g).to(dtype))
     return EncoderOutput(
         input_ids=ids,
         position_ids=torch.arange(s).expand(3, 1, s).contiguous(),
         rope_deltas=torch.zeros(1, 1, dtype=torch.int64),
-        visual_embeds=torch.randn(n, hidden, generator=g).to(dtype),
-        deepstack_visual_embeds=torch.randn(levels, n, hidden, generator=g).to(dtype),
+        visual_embeds=visual,
+        deepstack_visual_embeds=deepstack,
         attention_mask=torch.ones(1, s, dtype=torch.int64),
         image_token_id=image_id,
     )

@@ -39,8 +39,11 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   travels while the receiver is still busy with this one; the final acknowledgement follows as
   ``ACK`` (or rides on the next ``PULL(NEXT)``).
 * Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
-  tokens) and the visual-embedding and deepstack rows of the visual tokens among them. Small
-  chunks travel packed as one message; large ones zero-copy as 1 + (1 + K) messages.
+  tokens) and the visual-embedding and deepstack rows of the visual tokens among them, token-major
+  (n, 1+K, H): each visual row followed by its K deepstack rows, so a chunk's rows are one block.
+  Small chunks travel packed as one message; large ones zero-copy as two (ints, rows). The
+  encoder produces token-major rows (`EncoderOutput.visual_rows()`) and `recv()` returns them so;
+  a sender given separate (N, H) and (K, N, H) tensors interleaves them once per request (a copy).
 * Tokens are chunked along the flattened (B*S) order, `capacity_tokens` per chunk (the last one
   shorter). Deepstack rows always travel with the chunk of their tokens. Text tokens carry no
   embedding rows: bytes per request = per-token ids/positions/mask + visual rows x (1 + K) x H.

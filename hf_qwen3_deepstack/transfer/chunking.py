@@ -8,14 +8,16 @@ every deepstack level: chunk i carries exactly the rows of its own tokens.
 Per chunk, after the header, the data is (sizes derivable from the header alone):
 
     int section  int64[(B if first) + c + 3c + (c if mask)]   rope deltas | ids | positions | mask
-    visual       (n, H)      embed dtype   rows [r, r+n) of visual_embeds
-    deepstack    K x (n, H)  embed dtype   rows [r, r+n) of each level
+    rows         (n, 1+K, H)  embed dtype   token-major: visual row, then its K deepstack rows,
+                                            for the visual tokens [r, r+n) of the chunk
 
+Token-major rows make any token range one contiguous block at both ends (see
+`EncoderOutput.visual_rows`): the encoder produces them, the receiver's results hold them, and a
+sender given (N, H) + (K, N, H) tensors interleaves them once per request.
 Small chunks (`PACK_LIMIT`) travel as one packed uint8 message (one memcpy, fewer messages);
-large ones zero-copy, straight from the sender's tensors into the receiver's: the int section,
-the visual rows, then the deepstack rows as one (K, N, H) message when the chunk carries all the
-request's rows (every one-chunk request) or as K messages of (n, H) otherwise. The receiver's staging buffer uses the
-same byte layout for both: int section at byte 0, visual right after it, then deepstack.
+large ones as two, zero-copy from the sender's tensors into the receiver's: the int section, then
+the rows. The receiver's staging buffer uses the same byte layout for both: int section at byte 0,
+rows right after it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..encoder_output import EncoderOutput, placeholder_mask
+from ..encoder_output import EncoderOutput, placeholder_mask, visual_rows_to_fields
 from .protocol import (
     CODE_DTYPES,
     EMBED_DTYPES,
@@ -60,8 +62,7 @@ class SendPlan:
     pos: torch.Tensor  # (3, T) int64
     mask: torch.Tensor | None  # (T,) int64 (wire form of any integer/bool mask)
     rope: torch.Tensor  # (B,) int64
-    visual: torch.Tensor  # (N, H) contiguous
-    deepstack: torch.Tensor  # (K, N, H) contiguous
+    rows: torch.Tensor  # (N, 1+K, H) token-major, contiguous
     _vis_cumsum: torch.Tensor | None = None  # (T,) int64 visual tokens up to flat position t (lazy)
 
     @property
@@ -71,6 +72,9 @@ class SendPlan:
     @classmethod
     def build(cls, out: EncoderOutput) -> "SendPlan":
         out.validate()
+        rows = out.token_major().visual_rows()  # a copy only when the rows are not token-major yet
+        if rows is None:  # no visual rows
+            rows = out.visual_embeds.new_empty(0, 1 + out.num_deepstack_levels, out.hidden_size)
         if out.visual_embeds.dtype not in EMBED_DTYPES:
             raise TransferError(f"visual_embeds dtype {out.visual_embeds.dtype} is not transferable", None, "embed_dtype")
         if out.attention_mask is not None and out.attention_mask.dtype not in MASK_DTYPES:
@@ -88,8 +92,7 @@ class SendPlan:
             pos=out.position_ids.reshape(3, b * s),
             mask=mask,
             rope=out.rope_deltas.reshape(-1).contiguous(),
-            visual=out.visual_embeds.contiguous(),
-            deepstack=out.deepstack_visual_embeds.contiguous(),
+            rows=rows,
         )
 
     def rows_before(self, t: int) -> int:
@@ -152,14 +155,9 @@ class SendPlan:
         return torch.cat(self._int_parts(h))
 
     def _embed_parts(self, h: ChunkHeader) -> list[torch.Tensor]:
-        """[visual rows (n, H)] + the deepstack rows of chunk `h`: the whole (K, N, H) deepstack
-        when the chunk has all rows, else K x (n, H). Empty without rows."""
+        """[the (n, 1+K, H) rows of chunk `h`] (one contiguous block), or [] without rows."""
         r0, n = h.row_offset, h.row_count
-        if not n:
-            return []
-        if all_rows(h):
-            return [self.visual, self.deepstack]
-        return [self.visual[r0 : r0 + n]] + [self.deepstack[k, r0 : r0 + n] for k in range(h.num_deepstack_levels)]
+        return [self.rows[r0 : r0 + n]] if n else []
 
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
@@ -178,11 +176,6 @@ def _bytes_of(ints: torch.Tensor, embeds: list[torch.Tensor], header: bytearray 
     pieces.append(ints.view(torch.uint8))
     pieces += [t.reshape(-1).view(torch.uint8) for t in embeds]
     return torch.cat(pieces)
-
-
-def all_rows(h: ChunkHeader) -> bool:
-    """The chunk carries every visual row of its request (then deepstack is one message)."""
-    return h.row_count == h.num_visual
 
 
 def int_numel(h: ChunkHeader) -> int:
@@ -205,48 +198,39 @@ class ChunkViews:
     """Views of one received chunk (into staging, or into the result)."""
 
     ints: torch.Tensor  # (int_numel,) int64
-    visual: torch.Tensor  # (n, H)
-    deepstack: torch.Tensor  # (K, n, H)
+    rows: torch.Tensor  # (n, 1+K, H) token-major
     targets: list[torch.Tensor]  # what to irecv into, in wire order
     staged: bool = True  # embeddings are in staging (scatter copies them into the result)
     ints_in_place: bool = False  # the int section landed in the result's own int block
+
+    @property
+    def visual(self) -> torch.Tensor:  # (n, H), a view of `rows`
+        return self.rows[:, 0]
+
+    @property
+    def deepstack(self) -> torch.Tensor:  # (K, n, H), a view of `rows`
+        return self.rows[:, 1:].transpose(0, 1)
 
 
 def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:
     """Lay chunk `h` out in the uint8 `staging` buffer."""
     dtype = CODE_DTYPES[h.embed_dtype]
-    n, hid, k = h.row_count, h.hidden_size, h.num_deepstack_levels
-    vb = h.embed_bytes // (1 + k) if n else 0
     ints = staging[: h.int_bytes].view(torch.int64)
-    visual = staging[h.int_bytes : h.int_bytes + vb].view(dtype).view(n, hid)
-    deep = staging[h.int_bytes + vb : h.int_bytes + h.embed_bytes].view(dtype).view(k, n, hid)
-    if h.packed:
-        targets = [staging[: h.int_bytes + h.embed_bytes]]
-    elif not n:
-        targets = [ints]
-    else:
-        targets = [ints, visual] + ([deep] if all_rows(h) else [deep[i] for i in range(k)])
-    return ChunkViews(ints, visual, deep, [t for t in targets if t.numel()])
+    rows = staging[h.int_bytes : h.int_bytes + h.embed_bytes].view(dtype).view(h.row_count, 1 + h.num_deepstack_levels, h.hidden_size)
+    targets = [staging[: h.int_bytes + h.embed_bytes]] if h.packed else [ints, rows]
+    return ChunkViews(ints, rows, [t for t in targets if t.numel()])
 
 
-def direct_views(staging: torch.Tensor, h: ChunkHeader, result: EncoderOutput,
+def direct_views(staging: torch.Tensor, h: ChunkHeader, result_rows: torch.Tensor,
                  int_block: torch.Tensor | None = None) -> ChunkViews:
-    """Large chunks: embedding rows straight into the result (no extra copy); the int section too
-    when the result has a wire-layout `int_block` (one-chunk requests, see `empty_result`), else
-    into staging."""
+    """Large chunks: rows straight into the result's (N, 1+K, H) `result_rows` (no extra copy);
+    the int section too when the result has a wire-layout `int_block` (one-chunk requests, see
+    `empty_result`), else into staging."""
     if h.packed or (not h.row_count and int_block is None):
         return staging_views(staging, h)
-    r0, n = h.row_offset, h.row_count
     ints = staging[: h.int_bytes].view(torch.int64) if int_block is None else int_block
-    visual = result.visual_embeds[r0 : r0 + n]
-    deep = result.deepstack_visual_embeds[:, r0 : r0 + n]
-    if not n:
-        embeds = []
-    elif all_rows(h):
-        embeds = [visual, result.deepstack_visual_embeds]
-    else:
-        embeds = [visual] + [deep[k] for k in range(h.num_deepstack_levels)]
-    return ChunkViews(ints, visual, deep, [t for t in [ints, *embeds] if t.numel()], staged=False,
+    rows = result_rows[h.row_offset : h.row_offset + h.row_count]
+    return ChunkViews(ints, rows, [t for t in (ints, rows) if t.numel()], staged=False,
                       ints_in_place=int_block is not None)
 
 
@@ -269,19 +253,21 @@ def split_ints(ints: torch.Tensor, h: ChunkHeader) -> IntParts:
     return IntParts(rope, ids, pos, mask)
 
 
-def empty_result(h: ChunkHeader, device: torch.device,
-                 embed_buffer: torch.Tensor | None = None) -> tuple[EncoderOutput, torch.Tensor | None]:
-    """Allocate the assembled EncoderOutput described by first-chunk header `h`. Visual rows and
-    deepstack share one flat buffer: `embed_buffer` (uint8, large enough) when given, else fresh.
-    A one-chunk request also gets its int tensors as views of one int64 block in the wire's int
-    layout (rope | ids | positions | mask), returned second (else None): its int section is
-    received in place, without staging or a copy."""
+def empty_result(h: ChunkHeader, device: torch.device, embed_buffer: torch.Tensor | None = None
+                 ) -> tuple[EncoderOutput, torch.Tensor, torch.Tensor | None]:
+    """Allocate the assembled EncoderOutput described by first-chunk header `h`, and return it with
+    its token-major (N, 1+K, H) rows, of which its visual and deepstack tensors are views. The rows
+    use `embed_buffer` (uint8, large enough) when given, else fresh memory. A one-chunk request
+    also gets its int tensors as views of one int64 block in the wire's int layout (rope | ids |
+    positions | mask), returned third (else None): its int section is received in place, without
+    staging or a copy."""
     b, s, n, k, hid = h.batch_size, h.seq_len, h.num_visual, h.num_deepstack_levels, h.hidden_size
     dtype = CODE_DTYPES[h.embed_dtype]
     nbytes = (1 + k) * n * hid * dtype.itemsize
     if embed_buffer is None or embed_buffer.numel() < nbytes:
         embed_buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    flat = embed_buffer[:nbytes].view(dtype)
+    rows = embed_buffer[:nbytes].view(dtype).view(n, 1 + k, hid)
+    visual, deepstack = visual_rows_to_fields(rows)
     mask_dtype = None if h.mask_dtype == NONE_ID else CODE_DTYPES[h.mask_dtype]
     block = None
     if h.last:  # one chunk
@@ -300,13 +286,13 @@ def empty_result(h: ChunkHeader, device: torch.device,
         input_ids=ids,
         position_ids=pos,
         rope_deltas=rope,
-        visual_embeds=flat[: n * hid].view(n, hid),
-        deepstack_visual_embeds=flat[n * hid :].view(k, n, hid),
+        visual_embeds=visual,
+        deepstack_visual_embeds=deepstack,
         attention_mask=mask,
         image_token_id=token_id(h.image_token_id),
         video_token_id=token_id(h.video_token_id),
     )
-    return out, block
+    return out, rows, block
 
 
 def inline_result(views: ChunkViews, parts: "IntParts", h: ChunkHeader) -> EncoderOutput:
@@ -331,8 +317,8 @@ def inline_result(views: ChunkViews, parts: "IntParts", h: ChunkHeader) -> Encod
     )
 
 
-def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> None:
-    """Copy the chunk's per-token data (and staged embeddings) into the assembled result."""
+def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput, result_rows: torch.Tensor) -> None:
+    """Copy the chunk's per-token data (and staged rows) into the assembled result."""
     parts = split_ints(views.ints, h)
     o, c = h.token_offset, h.token_count
     mask = result.attention_mask
@@ -347,9 +333,8 @@ def scatter_chunk(views: ChunkViews, h: ChunkHeader, result: EncoderOutput) -> N
         if parts.mask is not None and mask is not None:
             mask.view(-1)[o : o + c].copy_(parts.mask.to(mask.dtype))
     r0, n = h.row_offset, h.row_count
-    if n and views.staged:  # embeddings received into staging
-        result.visual_embeds[r0 : r0 + n].copy_(views.visual)
-        result.deepstack_visual_embeds[:, r0 : r0 + n].copy_(views.deepstack)
+    if n and views.staged:  # rows received into staging
+        result_rows[r0 : r0 + n].copy_(views.rows)
 
 
 def count_visual(ids: torch.Tensor, h: ChunkHeader) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 import torch
 
 MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
-VERSION = 3
+VERSION = 4
 HEADER_WORDS = 32
 HEADER_BYTES = 8 * HEADER_WORDS
 CONTROL_WORDS = 16

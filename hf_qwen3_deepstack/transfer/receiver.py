@@ -81,8 +81,8 @@ class EncoderOutputChunk:
     mask_dtype: torch.dtype | None
     rope_deltas: torch.Tensor  # (B, 1) int64, whole request
     visual_row_offset: int  # first visual row of the request carried here
-    visual_embeds: torch.Tensor  # (n, H)
-    deepstack_visual_embeds: torch.Tensor  # (K, n, H)
+    visual_embeds: torch.Tensor  # (n, H), a view of token-major (n, 1+K, H) rows
+    deepstack_visual_embeds: torch.Tensor  # (K, n, H), a view of the same rows
     image_token_id: int | None
     video_token_id: int | None
     is_last: bool
@@ -127,6 +127,7 @@ class _Active:
     chunks: int = 0
     zero_copy: bool = False  # `result` is a view of the buffer the request arrived in
     int_block: torch.Tensor | None = None  # the result's ints in wire layout (one-chunk requests)
+    rows: torch.Tensor | None = None  # the result's (N, 1+K, H) token-major rows
     header: ChunkHeader | None = None  # header of the chunk in progress
     views: ChunkViews | None = None
     payload: list[Pending] | None = None
@@ -327,10 +328,10 @@ class EncoderOutputReceiver:
         if mode != "recv":
             rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
             return _Active(ch, h.request_id, h, mode, None, rope, header=h)
-        result, block = empty_result(h, self.device, self._take_pooled(h))
-        if result.visual_embeds.untyped_storage().nbytes():
-            self._owned[result.visual_embeds.untyped_storage().data_ptr()] = False
-        return _Active(ch, h.request_id, h, mode, result, result.rope_deltas, header=h, int_block=block)
+        result, rows, block = empty_result(h, self.device, self._take_pooled(h))
+        if rows.untyped_storage().nbytes():
+            self._owned[rows.untyped_storage().data_ptr()] = False
+        return _Active(ch, h.request_id, h, mode, result, result.rope_deltas, header=h, int_block=block, rows=rows)
 
     def _start_inline(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
         """The whole request came with its header. `recv()` returns views of that buffer (the
@@ -497,7 +498,7 @@ class EncoderOutputReceiver:
         """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
         then pull it: the sender only sends into receives that are already posted."""
         ch, h = act.ch, act.header
-        act.views = (direct_views(self._staging, h, act.result, act.int_block) if act.result is not None
+        act.views = (direct_views(self._staging, h, act.rows, act.int_block) if act.result is not None
                      else staging_views(self._staging, h))
         act.payload = ch.data_waiter.submit_many(
             [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in act.views.targets])
@@ -598,7 +599,7 @@ class EncoderOutputReceiver:
         while True:
             self._advance(act, deadline)
             if not act.zero_copy:
-                scatter_chunk(act.views, act.header, act.result)
+                scatter_chunk(act.views, act.header, act.result, act.rows)
             if self._ack(act):
                 return act.result
 
