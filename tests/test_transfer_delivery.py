@@ -199,8 +199,8 @@ def test_one_chunk_request_lands_in_its_result_without_staging_and_keeps_mask_dt
     assert in_place == [True] * len(ONE_CHUNK_MASKS)
 
 
-def _token_major_rows(rank: int):
-    """Chunks over 256 KB (not packed), header then data: a chunk's rows are one message."""
+def _token_major_rows(rank: int, inline_bytes):
+    """Chunks over 256 KB (not packed): a chunk's rows are one message."""
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
 
     outs = [random_output(60, 1, 200, 150, hidden=1024, levels=3).token_major(),  # as the encoder makes them
@@ -214,7 +214,7 @@ def _token_major_rows(rank: int):
             counts.append(tx.stats.messages_sent - before)
         tx.close()
         return counts
-    rx = EncoderOutputReceiver(0, capacity_tokens=50, timeout=20, inline_bytes=0)
+    rx = EncoderOutputReceiver(0, capacity_tokens=50, timeout=20, inline_bytes=inline_bytes)
     token_major = []
     for i, want in enumerate(outs):
         rid, got = rx.recv()
@@ -225,8 +225,10 @@ def _token_major_rows(rank: int):
     return token_major
 
 
-def test_each_chunk_sends_its_rows_as_one_message_and_results_are_token_major():
-    counts, token_major = run_ranks(_token_major_rows, timeout=90)
-    # 200 tokens at capacity 50 = 4 chunks: per chunk a header, the int section, the rows
-    assert counts == [4 * 3, 4 * 3]
+@pytest.mark.parametrize("inline_bytes,per_chunk", [(0, 3), (None, 2)], ids=["ints_apart", "ints_with_header"])
+def test_each_chunk_sends_its_rows_as_one_message_and_results_are_token_major(inline_bytes, per_chunk):
+    counts, token_major = run_ranks(_token_major_rows, args=(inline_bytes,), timeout=90)
+    # 200 tokens at capacity 50 = 4 chunks: per chunk a header, the int section (in the header's
+    # message when the receiver allows bytes after a header: gloo's default), the rows
+    assert counts == [4 * per_chunk, 4 * per_chunk]
     assert token_major == [True, True]

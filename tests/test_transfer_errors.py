@@ -25,7 +25,7 @@ def _fake_sender(rank, corrupt):
 
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, HeaderMismatch
     from hf_qwen3_deepstack.transfer.chunking import SendPlan
-    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS
+    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS, FLAG_INTS, FLAG_PACKED
 
     if rank == 0:
         ctrl = torch.empty(CONTROL_WORDS, dtype=torch.int64)
@@ -34,6 +34,9 @@ def _fake_sender(rank, corrupt):
         h = plan.header(5, 0, 0, capacity=int(ctrl[5]))
         if corrupt == "token_offset":
             h.token_offset = 3
+            words = h.to_tensor()
+        elif corrupt == "flags":  # int section with the header and packed data: never both
+            h.flags |= FLAG_INTS | FLAG_PACKED
             words = h.to_tensor()
         else:
             words = h.to_tensor()
@@ -48,7 +51,7 @@ def _fake_sender(rank, corrupt):
     raise AssertionError("no HeaderMismatch")
 
 
-@pytest.mark.parametrize("corrupt", ["magic", "version", "token_offset"])
+@pytest.mark.parametrize("corrupt", ["magic", "version", "token_offset", "flags"])
 def test_wrong_header_names_request_and_field(corrupt):
     _, (kind, msg, rid, field) = run_ranks(_fake_sender, args=(corrupt,), timeout=60)
     assert kind == "HeaderMismatch"

@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 from _dist import assert_same, random_output, run_ranks
 
@@ -14,12 +15,13 @@ def _want():
     return random_output(7, B, S, N, hidden=16, levels=3, dtype=torch.bfloat16)
 
 
-def _chunk_payload_bytes(want, offset, count):
-    """Bytes of one chunk's data (int section + visual/deepstack rows of its tokens)."""
+def _chunk_payload_bytes(want, offset, count, ints=True):
+    """Bytes of one chunk's data (int section + visual/deepstack rows of its tokens; the rows
+    alone when `ints` is False)."""
     flat = want.input_ids.reshape(-1)
     rows = int(torch.isin(flat[offset : offset + count], torch.tensor([want.image_token_id, want.video_token_id])).sum())
-    ints = (want.batch_size if offset == 0 else 0) + 5 * count
-    return 8 * ints + rows * (1 + want.num_deepstack_levels) * want.hidden_size * 2
+    n_ints = (want.batch_size if offset == 0 else 0) + 5 * count
+    return 8 * n_ints * ints + rows * (1 + want.num_deepstack_levels) * want.hidden_size * 2
 
 
 def _sender(stall_at=None, stall_s=0.0):
@@ -38,12 +40,12 @@ def _sender(stall_at=None, stall_s=0.0):
     return sent, tx.stats.payload_bytes_sent, tx.stats.payload_bytes_resent
 
 
-def _consumer_raises(rank):
+def _consumer_raises(rank, inline_bytes):
     if rank == 0:
         return _sender()
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver
 
-    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=20)
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=20, inline_bytes=inline_bytes)
     kept = []
     try:
         for chunk in rx.recv_chunks():
@@ -73,13 +75,15 @@ def _copy(chunk):
     }
 
 
-def test_resume_after_consumer_exception_resends_only_the_unacknowledged_chunk():
-    (sent, payload_sent, resent), kept = run_ranks(_consumer_raises, timeout=60)
+@pytest.mark.parametrize("inline_bytes", [None, 0], ids=["ints_with_header", "ints_with_data"])
+def test_resume_after_consumer_exception_resends_only_the_unacknowledged_chunk(inline_bytes):
+    (sent, payload_sent, resent), kept = run_ranks(_consumer_raises, args=(inline_bytes,), timeout=60)
     want = _want()
     offsets = [0, 8, 16, 16, 24, 32]  # chunk at 16 was received but not acknowledged -> pulled again
     assert [o for o, _ in sent] == offsets
     full = sum(_chunk_payload_bytes(want, o, CAP) for o in range(0, B * S, CAP))
-    again = _chunk_payload_bytes(want, 16, CAP)
+    # its data again: the rows, plus its int section unless that came with its header (and was kept)
+    again = _chunk_payload_bytes(want, 16, CAP, ints=inline_bytes == 0)
     assert payload_sent == full + again  # the acknowledged chunks 0 and 8 were never sent twice
     assert resent == again
     # reassembled data is identical

@@ -31,6 +31,9 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   **inline**, in the same message as its header (gloo only: it accepts a message shorter than the
   posted receive, so the receiver posts ``256 + inline_bytes`` bytes; NCCL needs exact sizes,
   so CUDA receivers use ``inline_bytes=0``). A small request is then one message end to end.
+  Any other chunk header carries its chunk's int section in the same message when that fits
+  `inline_bytes` (``FLAG_INTS``): the receiver copies it out (into the result or staging) before
+  the next header can land in that buffer, and the chunk's data is then its rows alone.
 * **Data.** With the header in hand the receiver knows every size: it posts the receives for the
   chunk's data (straight into the result tensors where it can) and for the next chunk's header,
   then sends ``PULL(request_id, offset)``: "everything below `offset` is acknowledged, send the
@@ -41,7 +44,8 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
 * Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
   tokens) and the visual-embedding and deepstack rows of the visual tokens among them, token-major
   (n, 1+K, H): each visual row followed by its K deepstack rows, so a chunk's rows are one block.
-  Small chunks travel packed as one message; large ones zero-copy as two (ints, rows). The
+  With the int section in the header's message (gloo), a chunk's data is one message, its rows;
+  otherwise small chunks travel packed as one message and large ones zero-copy as two. The
   encoder produces token-major rows (`EncoderOutput.visual_rows()`) and `recv()` returns them so;
   a sender given separate (N, H) and (K, N, H) tensors interleaves them once per request (a copy).
 * Tokens are chunked along the flattened (B*S) order, `capacity_tokens` per chunk (the last one
@@ -78,7 +82,8 @@ Resume semantics
 * **Consumer exception.** If a `recv_chunks()` consumer raises (or stops iterating) while holding
   a chunk, that chunk is *not* acknowledged. The next `recv_chunks()`/`resume(request_id)` pulls
   again from the acknowledged offset, i.e. re-requests only the data of that unacknowledged chunk
-  (``PULL`` flagged data-only: the next header already arrived). Chunks
+  (``PULL`` flagged data-only: the next header already arrived; an int section that came with
+  the chunk's header is kept, not sent again). Chunks
   acknowledged before are never sent again (the sender refuses a pull below the acknowledged
   offset; `sender.stats.payload_bytes_resent` counts unacknowledged chunks sent twice).
 * At most one request is in progress per receiver (the staging buffer holds one chunk), so while

@@ -31,6 +31,7 @@ from .protocol import (
     CODE_DTYPES,
     EMBED_DTYPES,
     FLAG_FIRST,
+    FLAG_INTS,
     FLAG_LAST,
     FLAG_PACKED,
     KIND_CHUNK,
@@ -109,7 +110,10 @@ class SendPlan:
             self._vis_cumsum = torch.cumsum(is_vis, 0)  # bool -> int64 running count
         return int(self._vis_cumsum[t - 1])
 
-    def header(self, request_id: int, chunk_index: int, offset: int, capacity: int) -> ChunkHeader:
+    def header(self, request_id: int, chunk_index: int, offset: int, capacity: int,
+               inline_bytes: int = 0) -> ChunkHeader:
+        """Header of the chunk at `offset`. Its int section rides in the header's message
+        (`FLAG_INTS`) when it fits the receiver's `inline_bytes`; else the data carries it."""
         out = self.output
         count = min(capacity, self.total - offset)
         r0, r1 = self.rows_before(offset), self.rows_before(offset + count)
@@ -137,7 +141,9 @@ class SendPlan:
         )
         h.int_bytes = 8 * int_numel(h)
         h.embed_bytes = embed_nbytes(h)
-        if h.row_count and h.int_bytes + h.embed_bytes <= PACK_LIMIT:
+        if h.int_bytes <= inline_bytes:
+            h.flags |= FLAG_INTS  # data = the rows alone: one message, nothing to pack
+        elif h.row_count and h.int_bytes + h.embed_bytes <= PACK_LIMIT:
             h.flags |= FLAG_PACKED
         return h
 
@@ -161,9 +167,17 @@ class SendPlan:
 
     def messages(self, h: ChunkHeader) -> list[torch.Tensor]:
         """Data tensors of chunk `h`, in wire order (zero-size messages are never sent)."""
+        if h.ints_inline:  # the int section went with the header
+            return self._embed_parts(h)
         if h.packed:  # one memcpy of everything into one uint8 message
             return [_bytes_of(self.int_section(h), self._embed_parts(h))]
         return [t for t in [self.int_section(h)] + self._embed_parts(h) if t.numel()]
+
+    def header_message(self, h: ChunkHeader) -> torch.Tensor:
+        """Header `h` as a message: int64 words, followed by the int section when `FLAG_INTS`."""
+        if h.ints_inline:
+            return _bytes_of(self.int_section(h), [], h.to_bytes())
+        return h.to_tensor()
 
     def inline_message(self, h: ChunkHeader) -> torch.Tensor:
         """Header and data of chunk `h` as one uint8 message (`FLAG_INLINE`, staging byte layout)."""

@@ -3,8 +3,9 @@
 Two message types travel as plain int64 tensors (never pickle):
 
 * ``ChunkHeader`` (sender -> receiver, ``HEADER_WORDS`` int64, on the header tag): describes one
-  chunk before the receiver asks for its data (or carries it inline, ``FLAG_INLINE``), or says
-  ``BYE`` (sender closed) / ``ERROR`` (sender refused a pull).
+  chunk before the receiver asks for its data (or carries it inline, ``FLAG_INLINE``, or its int
+  section, ``FLAG_INTS``, in the same message), or says ``BYE`` (sender closed) / ``ERROR``
+  (sender refused a pull).
 * ``Control`` (receiver -> sender, ``CONTROL_WORDS`` int64): ``PULL`` with ``request_id == NEXT``
   ("describe the next new request": answered by its first chunk header), ``PULL`` of a request
   at ``offset`` (everything below is acknowledged; the receiver has posted the receives for the
@@ -50,6 +51,7 @@ FLAG_FIRST = 1
 FLAG_LAST = 2
 FLAG_PACKED = 4  # ints + embeddings in one uint8 message (small chunks)
 FLAG_INLINE = 8  # the (packed) data follows the header in the same message
+FLAG_INTS = 16  # the chunk's int section follows the header in the same message; its data is the rows
 
 # sender error codes (KIND_ERROR headers)
 ERR_UNKNOWN_REQUEST = 1
@@ -156,6 +158,10 @@ class ChunkHeader:
     @property
     def inline(self) -> bool:
         return bool(self.flags & FLAG_INLINE)
+
+    @property
+    def ints_inline(self) -> bool:
+        return bool(self.flags & FLAG_INTS)
 
     def to_bytes(self) -> bytearray:
         return _seal(self, HEADER_WORDS)

@@ -451,6 +451,9 @@ class EncoderOutputReceiver:
             if h.inline and (not (h.first and h.last) or h.int_bytes + h.embed_bytes > self.inline_bytes):
                 raise mismatch(rid, "flags", h.flags, f"inline data only for a one-chunk request of at most "
                                f"{self.inline_bytes} bytes", offset)
+            if h.ints_inline and (h.inline or h.packed or h.int_bytes > self.inline_bytes):
+                raise mismatch(rid, "flags", h.flags, f"an int section with the header only when it fits "
+                               f"{self.inline_bytes} bytes, without inline or packed data", offset)
         except HeaderMismatch as e:
             self._reject(ch, h, e)
             raise
@@ -498,10 +501,17 @@ class EncoderOutputReceiver:
         """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
         then pull it: the sender only sends into receives that are already posted."""
         ch, h = act.ch, act.header
-        act.views = (direct_views(self._staging, h, act.rows, act.int_block) if act.result is not None
-                     else staging_views(self._staging, h))
+        act.views = views = (direct_views(self._staging, h, act.rows, act.int_block) if act.result is not None
+                             else staging_views(self._staging, h))
+        targets = views.targets
+        if h.ints_inline:  # the int section came with the header: keep it before the next header lands
+            targets = [t for t in targets if t is not views.ints]
+            if not resend:
+                views.ints.copy_(ch.header_buf[HEADER_BYTES : HEADER_BYTES + h.int_bytes].view(torch.int64))
+                self.bytes_received += h.int_bytes
+                self.payload_bytes_received += h.int_bytes
         act.payload = ch.data_waiter.submit_many(
-            [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in act.views.targets])
+            [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets])
         ctrl = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
                        inline_bytes=self.inline_bytes)
         if resend or ch.header is not None:  # the next header is here or on its way already

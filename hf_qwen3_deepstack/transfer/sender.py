@@ -22,6 +22,7 @@ from .protocol import (
     ERR_UNKNOWN_REQUEST,
     ERROR_NAMES,
     FLAG_INLINE,
+    FLAG_INTS,
     HEADER_BYTES,
     KIND_ACK,
     KIND_BYE,
@@ -306,10 +307,10 @@ class EncoderOutputSender:
         if req is None:  # closing and nothing left
             self._send_header(ChunkHeader(kind=KIND_BYE))
             return
-        h = req.plan.header(req.request_id, 0, 0, ctrl.capacity)
+        h = req.plan.header(req.request_id, 0, 0, ctrl.capacity, ctrl.inline_bytes)
         req.described = 0
         if h.last and h.int_bytes + h.embed_bytes <= ctrl.inline_bytes:
-            h.flags |= FLAG_INLINE
+            h.flags = (h.flags | FLAG_INLINE) & ~FLAG_INTS
             if self.on_chunk is not None:
                 self.on_chunk(req.request_id, 0, h.token_count)
             msg = req.plan.inline_message(h)
@@ -318,7 +319,7 @@ class EncoderOutputSender:
             self.stats.inline_requests += 1
             self._count_header(req.request_id)
             return
-        self._send_header(h)
+        self._send_chunk_header(req, h)
 
     def _answer_pull(self, ctrl: Control) -> bool:
         """Data of the chunk at `offset` (the receiver has its header), then the next chunk's header."""
@@ -332,7 +333,7 @@ class EncoderOutputSender:
             self._send_error(ctrl.request_id, o, ERR_BAD_OFFSET)
             return False
         req.acked = req.handle.acked_offset = o
-        h = req.plan.header(req.request_id, o // cap, o, cap)
+        h = req.plan.header(req.request_id, o // cap, o, cap, ctrl.inline_bytes)
         if self.on_chunk is not None:
             self.on_chunk(req.request_id, o, h.token_count)
         msgs = req.plan.messages(h)
@@ -343,7 +344,7 @@ class EncoderOutputSender:
         if not h.last:
             nxt = o + h.token_count
             req.described = nxt
-            self._send_header(req.plan.header(req.request_id, nxt // cap, nxt, cap))
+            self._send_chunk_header(req, req.plan.header(req.request_id, nxt // cap, nxt, cap, ctrl.inline_bytes))
         elif ctrl.flags & PULL_DESCRIBE_NEXT:
             self._answer_next(ctrl)
         return False
@@ -406,6 +407,18 @@ class EncoderOutputSender:
         self._isend_many([h.to_tensor()], self.header_tag)
         self.stats.messages_sent += 1
         self._count_header(h.request_id if h.kind != KIND_ERROR else NONE_ID)
+
+    def _send_chunk_header(self, req: _Request, h: ChunkHeader) -> None:
+        """A chunk's header, with its int section when `FLAG_INTS` (counted as that chunk's data)."""
+        msg = req.plan.header_message(h)
+        self._isend_many([msg], self.header_tag)
+        self.stats.messages_sent += 1
+        self._count_header(req.request_id)
+        if h.ints_inline:
+            s = self.stats
+            s.payload_bytes_sent += h.int_bytes
+            s.bytes_sent += h.int_bytes
+            s.per_request_bytes[req.request_id] += h.int_bytes
 
     def _send_error(self, request_id: int, offset: int, code: int) -> None:
         self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
