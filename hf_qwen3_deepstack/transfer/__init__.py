@@ -122,7 +122,9 @@ Shutdown
 --------
 Call `sender.close()` (waits for in-flight requests, then answers the receiver's pending pull
 with BYE) and `receiver.close()` (tells senders to stop listening) on both sides before
-`dist.destroy_process_group()`: gloo aborts the process if a receive is still posted then.
+`dist.destroy_process_group()`: gloo aborts the process if a receive is still posted then, or
+while a thread still waits on a message. Both return once their own last messages completed and
+their threads are done, so the group can be destroyed right after, without a barrier.
 
 Threads: the sender runs a control-reader thread (it keeps the next control receive posted while
 answering) and a send-completion thread; the receiver two waiter threads per peer, one for

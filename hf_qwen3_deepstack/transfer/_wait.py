@@ -70,8 +70,12 @@ class Waiter:
         self._q.put((post, ps))
         return ps
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the works already submitted, then end the thread; wait up to `timeout` seconds
+        for that (a process group must not be destroyed while a work is being waited on)."""
         self._q.put(None)
+        if timeout is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:

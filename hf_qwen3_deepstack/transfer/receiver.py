@@ -107,9 +107,9 @@ class _Channel:
     def parse_header(self, request_id: int) -> ChunkHeader:
         return ChunkHeader.from_tensor(self.header_buf[:HEADER_BYTES].view(torch.int64).cpu(), request_id)
 
-    def stop(self) -> None:
-        self.header_waiter.stop()
-        self.data_waiter.stop()
+    def stop(self, timeout: float | None = None) -> None:
+        self.header_waiter.stop(timeout)
+        self.data_waiter.stop(timeout)
 
 
 @dataclass
@@ -259,20 +259,23 @@ class EncoderOutputReceiver:
         return any(ch.header is not None and ch.header.done() for ch in self._channels)
 
     def close(self, timeout: float | None = None) -> None:
-        """Tell every sender we are gone and wait for outstanding receives to finish."""
+        """Tell every sender we are gone and wait for outstanding receives and that message to
+        complete: `dist.destroy_process_group()` may follow at once."""
         deadline = self._deadline(timeout)
         for ch in self._channels:
             if ch.broken is not None:
                 continue
             try:  # data only ever follows a pull: waiting for what was asked for leaves nothing posted
-                self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
+                sent = self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
                 if self._active is not None and self._active.ch is ch and self._active.payload:
                     wait_all(self._active.payload, deadline)
                 if ch.header is not None and wait_all([ch.header], deadline):
                     ch.header = None
+                wait_all(sent, deadline)
             except Exception:  # noqa: BLE001 - best effort on shutdown
                 pass
-            ch.stop()
+        for ch in self._channels:  # their threads are done with every work before the group may go
+            ch.stop(remaining(deadline))
         self._active = None
 
     def __enter__(self) -> "EncoderOutputReceiver":
@@ -646,8 +649,8 @@ class EncoderOutputReceiver:
         if expect_header:
             ch.header = pend[0]
 
-    def _send_ctrl(self, ch: _Channel, ctrl: Control) -> None:
-        ch.header_waiter.submit_many([self._post_ctrl(ch, ctrl)])
+    def _send_ctrl(self, ch: _Channel, ctrl: Control) -> list[Pending]:
+        return ch.header_waiter.submit_many([self._post_ctrl(ch, ctrl)])
 
     def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
         """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""

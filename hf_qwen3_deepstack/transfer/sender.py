@@ -212,8 +212,10 @@ class EncoderOutputSender:
 
     def close(self, timeout: float | None = None) -> None:
         """Wait for in-flight requests, then tell the receiver there is no more (its `recv()` raises
-        `PeerClosed`) and wait for its `close()` so that no receive stays posted."""
+        `PeerClosed`) and wait for its `close()` so that no receive stays posted, and for our last
+        sends to complete: `dist.destroy_process_group()` may follow at once."""
         timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
             if self._dead is None:
                 self.flush(timeout)
@@ -227,8 +229,9 @@ class EncoderOutputSender:
                     except BaseException:  # noqa: BLE001 - best effort on shutdown
                         pass
                 self._cond.notify_all()
-            self._reader.join(timeout)  # returns when the receiver's close() arrives
-            self._send_waiter.stop()
+            self._reader.join(max(0.0, deadline - time.monotonic()))  # ends when the receiver's close() arrives
+            # every send has completed (its thread is done with it) before the group may be destroyed
+            self._send_waiter.stop(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "EncoderOutputSender":
         return self
