@@ -6,7 +6,9 @@ request's tokens), (c) raw `dist.send` of one contiguous tensor of the same byte
 one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock).
 Methods run back to back in each of `--rounds` rounds; ratios are medians of the per-round
 ratios (the host's speed drifts between runs; a paired ratio cancels most of it), GB/s columns
-medians over rounds.
+medians over rounds. It also reports the CPU time per request of both processes together (all
+threads, `getrusage`) for ours and raw: on a host with few cores that, not the wire, bounds
+throughput.
 Payload: an all-image request (N visual tokens, + N/8 text tokens) with K deepstack levels of
 width H in bf16. Prints a markdown table; writes a PNG chart when matplotlib is installed.
 """
@@ -17,6 +19,7 @@ import argparse
 import datetime
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -83,8 +86,15 @@ def _repeats(nbytes: int, budget: float) -> int:
     return max(3, min(300, math.ceil(budget / nbytes)))
 
 
-def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = True) -> float | None:
-    """Receiver-side seconds for `reps` requests (after one warm-up request)."""
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (gloo's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = True) -> tuple[float | None, float]:
+    """(receiver-side seconds, this rank's CPU seconds) for `reps` requests, after one warm-up
+    request; the CPU time runs from the barrier before the requests to the one after them."""
     import torch.distributed as dist
 
     from ..transfer import EncoderOutputReceiver, EncoderOutputSender
@@ -93,11 +103,14 @@ def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = Tr
         tx = EncoderOutputSender(1, timeout=120, max_in_flight=4, tag=tag)
         tx.send(0, out)
         dist.barrier()
+        cpu = _cpu_seconds()
         handles = [tx.isend(i + 1, out) for i in range(reps)]
         for h in handles:
             h.wait()
+        dist.barrier()
+        cpu = _cpu_seconds() - cpu
         tx.close()
-        return None
+        return None, cpu
     rx = EncoderOutputReceiver(0, capacity_tokens=capacity, timeout=120, tag=tag,
                                hidden_size=out.hidden_size, num_deepstack_levels=out.num_deepstack_levels,
                                dtype=out.visual_embeds.dtype)
@@ -105,32 +118,31 @@ def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = Tr
     if recycle:
         rx.recycle(got)
     dist.barrier()
+    cpu = _cpu_seconds()
     t0 = time.perf_counter()
     for _ in range(reps):
         _, got = rx.recv()
         if recycle:  # steady state of a serving loop: the result's memory is handed back after use
             rx.recycle(got)
     dt = time.perf_counter() - t0
+    dist.barrier()
+    cpu = _cpu_seconds() - cpu
     rx.close()
-    return dt
+    return dt, cpu
 
 
-def _raw(rank: int, nbytes: int, reps: int) -> float | None:
+def _raw(rank: int, nbytes: int, reps: int) -> tuple[float | None, float]:
     import torch.distributed as dist
 
     x = torch.zeros(nbytes, dtype=torch.uint8)
-    if rank == 0:
-        dist.send(x, 1)
-        dist.barrier()
-        for _ in range(reps):
-            dist.send(x, 1)
-        return None
-    dist.recv(x, 0)
+    dist.send(x, 1) if rank == 0 else dist.recv(x, 0)
     dist.barrier()
-    t0 = time.perf_counter()
+    cpu, t0 = _cpu_seconds(), time.perf_counter()
     for _ in range(reps):
-        dist.recv(x, 0)
-    return time.perf_counter() - t0
+        dist.send(x, 1) if rank == 0 else dist.recv(x, 0)
+    dt = time.perf_counter() - t0
+    dist.barrier()
+    return (dt if rank == 1 else None), _cpu_seconds() - cpu
 
 
 def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
@@ -203,23 +215,31 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
         total = out.input_ids.numel()
         reps = max(2, _repeats(nbytes, cfg["budget"]) // cfg["rounds"])
         per_round: dict[str, list[float]] = {"single": [], "fresh": [], "chunked": [], "raw": []}
+        cpu_round: dict[str, list[float]] = {"single": [], "chunked": [], "raw": []}  # both ranks, s/request
         # methods back to back in each round; medians of per-round figures and paired ratios
         for _ in range(cfg["rounds"]):
-            times = {}
+            times, cpu = {}, {}
             tag += 10
-            times["raw"] = _raw(rank, nbytes, reps)
-            times["single"] = _ours(rank, out, total, reps, tag)
+            times["raw"], cpu["raw"] = _raw(rank, nbytes, reps)
+            times["single"], cpu["single"] = _ours(rank, out, total, reps, tag)
             tag += 10
-            times["chunked"] = _ours(rank, out, math.ceil(total / 4), reps, tag + 5)
+            times["chunked"], cpu["chunked"] = _ours(rank, out, math.ceil(total / 4), reps, tag + 5)
             tag += 10
-            times["fresh"] = _ours(rank, out, total, reps, tag + 5, recycle=False)
+            times["fresh"], _ = _ours(rank, out, total, reps, tag + 5, recycle=False)
+            sender_cpu = torch.tensor([cpu[k] for k in cpu_round], dtype=torch.float64)
+            dist.send(sender_cpu, 1) if rank == 0 else dist.recv(sender_cpu, 0)
             if rank == 1:
                 for k, t in times.items():
                     per_round[k].append(nbytes * reps / t)
+                for k, theirs in zip(cpu_round, sender_cpu.tolist()):
+                    cpu_round[k].append((cpu[k] + theirs) / reps)
         if rank == 1:
             med = {k: statistics.median(v) for k, v in per_round.items()}
             ratios = {f"{k}_ratio": statistics.median(x / r for x, r in zip(per_round[k], per_round["raw"]))
                       for k in ("single", "chunked")}
+            ratios.update({f"{k}_cpu_ratio": statistics.median(c / r for c, r in zip(cpu_round[k], cpu_round["raw"]))
+                           for k in ("single", "chunked")})
+            ratios["raw_cpu"] = statistics.median(cpu_round["raw"])
             rows.append(dict(size=size, nbytes=nbytes, tokens=total, visual=out.num_visual_tokens, reps=reps,
                              **med, **ratios))
     out = make_payload(64 << 10, cfg["hidden"], cfg["levels"])
@@ -298,6 +318,14 @@ def render(res: dict, cfg: dict) -> str:
             f"| {_fmt_size(r['size'])} | {r['tokens']} | {r['single'] / 1e9:.2f} | {r['chunked'] / 1e9:.2f} "
             f"| {r['raw'] / 1e9:.2f} | {r['single_ratio']:.2f} | {r['chunked_ratio']:.2f} "
             f"| {r['fresh'] / 1e9:.2f} |")
+    lines += ["", "CPU time per request, sender and receiver processes together (all threads, gloo's included; "
+                  "`getrusage`), median of the per-round paired ratios. On a host with few cores this bounds "
+                  "throughput: with P cores a request that needs C ms of CPU takes at least C / P ms.", "",
+              "| payload | raw CPU ms/request | ours single-chunk CPU / raw | ours chunked CPU / raw |",
+              "| ---: | ---: | ---: | ---: |"]
+    for r in res["rows"]:
+        lines.append(f"| {_fmt_size(r['size'])} | {r['raw_cpu'] * 1e3:.2f} | {r['single_cpu_ratio']:.2f} "
+                     f"| {r['chunked_cpu_ratio']:.2f} |")
     lo, lr = res["lat_ours"], res["lat_raw"]
     lines += ["", f"64 KB one-way latency (median of {cfg['rounds']} rounds of per-message medians): ours "
                   f"{lo * 1e6:.0f} us, raw dist.send {lr * 1e6:.0f} us, ratio {res['lat_ratio']:.2f} (median of "
