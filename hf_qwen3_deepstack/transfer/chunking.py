@@ -17,7 +17,9 @@ sender given (N, H) + (K, N, H) tensors interleaves them once per request.
 Small chunks (`PACK_LIMIT`) travel as one packed uint8 message (one memcpy, fewer messages);
 large ones as two, zero-copy from the sender's tensors into the receiver's: the int section, then
 the rows. The receiver's staging buffer uses the same byte layout for both: int section at byte 0,
-rows right after it.
+rows right after it. When the receiver accepts bytes after a header (gloo, `inline_bytes`), the
+int section travels in the chunk header's message instead (`FLAG_INTS`) and the data is the rows
+alone.
 """
 
 from __future__ import annotations
@@ -73,13 +75,13 @@ class SendPlan:
     @classmethod
     def build(cls, out: EncoderOutput) -> "SendPlan":
         out.validate()
-        rows = out.token_major().visual_rows()  # a copy only when the rows are not token-major yet
-        if rows is None:  # no visual rows
-            rows = out.visual_embeds.new_empty(0, 1 + out.num_deepstack_levels, out.hidden_size)
         if out.visual_embeds.dtype not in EMBED_DTYPES:
             raise TransferError(f"visual_embeds dtype {out.visual_embeds.dtype} is not transferable", None, "embed_dtype")
         if out.attention_mask is not None and out.attention_mask.dtype not in MASK_DTYPES:
             raise TransferError(f"attention_mask dtype {out.attention_mask.dtype} is not transferable", None, "mask_dtype")
+        rows = out.token_major().visual_rows()  # a copy only when the rows are not token-major yet
+        if rows is None:  # no visual rows
+            rows = out.visual_embeds.new_empty(0, 1 + out.num_deepstack_levels, out.hidden_size)
         b, s = out.input_ids.shape
         ids = out.input_ids.reshape(-1).contiguous()
         if out.image_token_id is None and out.video_token_id is None and out.num_visual_tokens:
