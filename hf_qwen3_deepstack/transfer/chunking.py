@@ -24,7 +24,7 @@ alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -67,6 +67,7 @@ class SendPlan:
     rope: torch.Tensor  # (B,) int64
     rows: torch.Tensor  # (N, 1+K, H) token-major, contiguous
     _vis_cumsum: torch.Tensor | None = None  # (T,) int64 visual tokens up to flat position t (lazy)
+    _rows_at: dict[int, int] = field(default_factory=dict)  # rows_before(t) of chunk boundaries seen
 
     @property
     def total(self) -> int:
@@ -104,13 +105,17 @@ class SendPlan:
             return 0
         if t >= self.total:
             return self.output.num_visual_tokens  # validate() checked placeholders == N
+        rows = self._rows_at.get(t)
+        if rows is not None:  # each boundary is asked for by 2 chunks, each chunk's header twice
+            return rows
         if self._vis_cumsum is None:  # only chunk boundaries inside the request need it
             out = self.output
             is_vis = placeholder_mask(self.ids, out.image_token_id, out.video_token_id)
             if is_vis is None:
                 return 0
             self._vis_cumsum = torch.cumsum(is_vis, 0)  # bool -> int64 running count
-        return int(self._vis_cumsum[t - 1])
+        rows = self._rows_at[t] = int(self._vis_cumsum[t - 1])
+        return rows
 
     def header(self, request_id: int, chunk_index: int, offset: int, capacity: int,
                inline_bytes: int = 0) -> ChunkHeader:
