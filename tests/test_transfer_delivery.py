@@ -169,18 +169,20 @@ def test_final_acknowledgement_reaches_the_sender_before_a_later_close():
 ONE_CHUNK_MASKS = [torch.int64, torch.bool, torch.int32, None]
 
 
-def _one_chunk_in_place(rank: int):
-    """One-chunk requests over 256 KB, header then data: received straight into the result."""
+def _one_chunk_in_place(rank: int, inline_bytes):
+    """One-chunk requests over 1 MiB, header then data: received straight into the result (the int
+    section from the header's message when it came with it)."""
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
 
-    outs = [random_output(40 + i, 1, 60, 40 if i else 0, hidden=512, mask_dtype=m) for i, m in enumerate(ONE_CHUNK_MASKS)]
+    outs = [random_output(40 + i, 1, 60, 40 if i else 0, hidden=2048, mask_dtype=m)
+            for i, m in enumerate(ONE_CHUNK_MASKS)]
     if rank == 0:
         tx = EncoderOutputSender(1, timeout=20)
         for i, out in enumerate(outs):
             tx.send(i, out)
         tx.close()
         return tx.stats.chunks_sent
-    rx = EncoderOutputReceiver(0, capacity_tokens=64, timeout=20, inline_bytes=0)
+    rx = EncoderOutputReceiver(0, capacity_tokens=64, timeout=20, inline_bytes=inline_bytes)
     shared = []
     for i, want in enumerate(outs):
         rid, got = rx.recv()
@@ -193,8 +195,9 @@ def _one_chunk_in_place(rank: int):
     return shared
 
 
-def test_one_chunk_request_lands_in_its_result_without_staging_and_keeps_mask_dtype():
-    chunks_sent, in_place = run_ranks(_one_chunk_in_place, timeout=90)
+@pytest.mark.parametrize("inline_bytes", [0, None], ids=["ints_with_data", "ints_with_header"])
+def test_one_chunk_request_lands_in_its_result_without_staging_and_keeps_mask_dtype(inline_bytes):
+    chunks_sent, in_place = run_ranks(_one_chunk_in_place, args=(inline_bytes,), timeout=90)
     assert chunks_sent == len(ONE_CHUNK_MASKS)
     assert in_place == [True] * len(ONE_CHUNK_MASKS)
 
