@@ -218,3 +218,13 @@ def test_peer_outside_the_group_is_a_clear_error_at_construction():
     assert len(messages) == 3, messages
     assert all("peer rank" in m and "not a member" in m for m in messages), messages
     assert "peer rank 7" in messages[0] and "peer rank 1" in messages[2]
+
+
+@pytest.mark.parametrize("device,inline_bytes", [("cuda", 1024), ("cpu", -1)])
+def test_an_inline_allowance_nccl_cannot_honour_is_a_clear_error_at_construction(device, inline_bytes):
+    """NCCL matches every message to a receive of exactly its size: a CUDA receiver cannot accept
+    data after a header. Raised before any process group or device is touched."""
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver
+
+    with pytest.raises(ValueError, match=f"inline_bytes={inline_bytes} on device {device}"):
+        EncoderOutputReceiver(0, capacity_tokens=16, device=device, inline_bytes=inline_bytes)

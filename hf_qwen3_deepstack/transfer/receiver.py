@@ -140,8 +140,9 @@ class _Active:
 class EncoderOutputReceiver:
     """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring).
 
-    `inline_bytes`: data bytes a one-chunk request may carry in its header message (default 1 MiB
-    on CPU/gloo, 0 on CUDA: NCCL needs exact message sizes); 0 always asks header, then data."""
+    `inline_bytes`: data bytes a header's message may carry after it (a whole one-chunk request, or
+    a chunk's int section): default 1 MiB on CPU/gloo; must be 0 on CUDA (NCCL needs exact message
+    sizes; a ValueError otherwise); 0 always asks header, then data."""
 
     def __init__(
         self,
@@ -175,6 +176,9 @@ class EncoderOutputReceiver:
         self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
         if inline_bytes is None:  # gloo accepts a message shorter than the posted receive; NCCL does not
             inline_bytes = INLINE_BYTES if self.device.type == "cpu" else 0
+        if inline_bytes < 0 or (inline_bytes and self.device.type != "cpu"):
+            raise ValueError(f"inline_bytes={inline_bytes} on device {self.device}: it must be 0 for CUDA receivers "
+                             "(NCCL needs every message to match its receive's exact size) and >= 0 on CPU")
         self.inline_bytes = inline_bytes
         self._cond = threading.Condition()
         links = [PeerLink(p, group) for p in peers]  # every peer checked before any thread starts
