@@ -68,7 +68,9 @@ returned by `recv()` as views of its header buffer (no copy; the channel takes a
 prefill); `recv()` assembles the whole request, receiving large embedding blocks straight into the
 result tensors (saves one memcpy) and small ones through staging; a one-chunk request's int
 section lands in place too (its ids, positions, rope deltas and int64 mask are views of one block
-in the wire's int layout). `receiver.recycle(output)` hands a consumed result back so the next
+in the wire's int layout). An int section that came in its header's message is copied from the
+header buffer to where it would otherwise have been received (staging, or that block) before
+the channel's next header receive is posted into the buffer. `receiver.recycle(output)` hands a consumed result back so the next
 `recv()` reuses its embedding memory instead of page-faulting fresh memory (for large
 requests that costs about as much as the transfer).
 
