@@ -80,8 +80,10 @@ class SendPlan:
             raise TransferError(f"visual_embeds dtype {out.visual_embeds.dtype} is not transferable", None, "embed_dtype")
         if out.attention_mask is not None and out.attention_mask.dtype not in MASK_DTYPES:
             raise TransferError(f"attention_mask dtype {out.attention_mask.dtype} is not transferable", None, "mask_dtype")
-        rows = out.token_major().visual_rows()  # a copy only when the rows are not token-major yet
-        if rows is None:  # no visual rows
+        rows = out.visual_rows()
+        if rows is None and out.num_visual_tokens:  # not token-major yet: interleave them (one copy)
+            rows = out.token_major().visual_rows()
+        elif rows is None:  # no visual rows
             rows = out.visual_embeds.new_empty(0, 1 + out.num_deepstack_levels, out.hidden_size)
         b, s = out.input_ids.shape
         ids = out.input_ids.reshape(-1).contiguous()
@@ -226,11 +228,11 @@ class ChunkViews:
 
     @property
     def visual(self) -> torch.Tensor:  # (n, H), a view of `rows`
-        return self.rows[:, 0]
+        return visual_rows_to_fields(self.rows)[0]
 
     @property
     def deepstack(self) -> torch.Tensor:  # (K, n, H), a view of `rows`
-        return self.rows[:, 1:].transpose(0, 1)
+        return visual_rows_to_fields(self.rows)[1]
 
 
 def staging_views(staging: torch.Tensor, h: ChunkHeader) -> ChunkViews:

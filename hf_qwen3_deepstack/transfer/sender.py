@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..encoder_output import EncoderOutput
-from ._wait import Pending, Waiter, block_on, is_cuda
+from ._wait import Pending, Waiter, block_on, is_cuda, remaining
 from .chunking import SendPlan
 from .link import PeerLink
 from .protocol import (
@@ -229,9 +229,9 @@ class EncoderOutputSender:
                     except BaseException:  # noqa: BLE001 - best effort on shutdown
                         pass
                 self._cond.notify_all()
-            self._reader.join(max(0.0, deadline - time.monotonic()))  # ends when the receiver's close() arrives
+            self._reader.join(remaining(deadline))  # ends when the receiver's close() arrives
             # every send has completed (its thread is done with it) before the group may be destroyed
-            self._send_waiter.stop(max(0.0, deadline - time.monotonic()))
+            self._send_waiter.stop(remaining(deadline))
 
     def __enter__(self) -> "EncoderOutputSender":
         return self
@@ -390,14 +390,18 @@ class EncoderOutputSender:
     # ------------------------------------------------------------------ wire
     def _count_data(self, req: _Request, h: ChunkHeader, nbytes: int, messages: int) -> None:
         s = self.stats
-        s.payload_bytes_sent += nbytes
+        self._count_payload(req.request_id, nbytes)
         if h.token_offset < req.sent_upto:
             s.payload_bytes_resent += nbytes
-        s.bytes_sent += nbytes
         s.chunks_sent += 1
         s.messages_sent += messages
-        s.per_request_bytes[req.request_id] = s.per_request_bytes.get(req.request_id, 0) + nbytes
         req.sent_upto = max(req.sent_upto, h.token_offset + h.token_count)
+
+    def _count_payload(self, request_id: int, nbytes: int) -> None:
+        s = self.stats
+        s.payload_bytes_sent += nbytes
+        s.bytes_sent += nbytes
+        s.per_request_bytes[request_id] = s.per_request_bytes.get(request_id, 0) + nbytes
 
     def _count_header(self, request_id: int = NONE_ID) -> None:
         s = self.stats
@@ -406,22 +410,16 @@ class EncoderOutputSender:
         if request_id != NONE_ID:
             s.per_request_bytes[request_id] = s.per_request_bytes.get(request_id, 0) + HEADER_BYTES
 
-    def _send_header(self, h: ChunkHeader) -> None:
-        self._isend_many([h.to_tensor()], self.header_tag)
+    def _send_header(self, h: ChunkHeader, message: torch.Tensor | None = None) -> None:
+        self._isend_many([h.to_tensor() if message is None else message], self.header_tag)
         self.stats.messages_sent += 1
         self._count_header(h.request_id if h.kind != KIND_ERROR else NONE_ID)
 
     def _send_chunk_header(self, req: _Request, h: ChunkHeader) -> None:
         """A chunk's header, with its int section when `FLAG_INTS` (counted as that chunk's data)."""
-        msg = req.plan.header_message(h)
-        self._isend_many([msg], self.header_tag)
-        self.stats.messages_sent += 1
-        self._count_header(req.request_id)
+        self._send_header(h, req.plan.header_message(h))
         if h.ints_inline:
-            s = self.stats
-            s.payload_bytes_sent += h.int_bytes
-            s.bytes_sent += h.int_bytes
-            s.per_request_bytes[req.request_id] += h.int_bytes
+            self._count_payload(req.request_id, h.int_bytes)
 
     def _send_error(self, request_id: int, offset: int, code: int) -> None:
         self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
