@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.distributed as dist
 from _dist import IMAGE_ID, VIDEO_ID, assert_same, random_output, run_ranks
 
 # (name, batch, seq, n_visual, dtype, mask_dtype, token ids); capacity is CAP (small) or BIG_CAP
@@ -215,6 +216,7 @@ def _token_major_rows(rank: int, inline_bytes):
             before = tx.stats.messages_sent
             tx.send(i, out)
             counts.append(tx.stats.messages_sent - before)
+        dist.barrier()  # counted: now the receiver may close (the sender answers its close with a BYE)
         tx.close()
         return counts
     rx = EncoderOutputReceiver(0, capacity_tokens=50, timeout=20, inline_bytes=inline_bytes)
@@ -224,6 +226,7 @@ def _token_major_rows(rank: int, inline_bytes):
         assert rid == i
         assert_same(got, want)
         token_major.append(got.visual_rows() is not None)
+    dist.barrier()
     rx.close()
     return token_major
 
