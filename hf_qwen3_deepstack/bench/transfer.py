@@ -301,6 +301,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _fig(x: float) -> str:
+    """A measured figure to 3 significant digits: a slow small payload shows 0.00812, not 0.00."""
+    return f"{x:.3g}"
+
+
 def render(res: dict, cfg: dict) -> str:
     lines = [
         f"Payload: 1 image request, N visual tokens + N/8 text tokens, H={cfg['hidden']}, K={cfg['levels']}, bf16; "
@@ -315,16 +320,16 @@ def render(res: dict, cfg: dict) -> str:
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {_fmt_size(r['size'])} | {r['tokens']} | {r['single'] / 1e9:.2f} | {r['chunked'] / 1e9:.2f} "
-            f"| {r['raw'] / 1e9:.2f} | {r['single_ratio']:.2f} | {r['chunked_ratio']:.2f} "
-            f"| {r['fresh'] / 1e9:.2f} |")
+            f"| {_fmt_size(r['size'])} | {r['tokens']} | {_fig(r['single'] / 1e9)} | {_fig(r['chunked'] / 1e9)} "
+            f"| {_fig(r['raw'] / 1e9)} | {r['single_ratio']:.2f} | {r['chunked_ratio']:.2f} "
+            f"| {_fig(r['fresh'] / 1e9)} |")
     lines += ["", "CPU time per request, sender and receiver processes together (all threads, gloo's included; "
                   "`getrusage`), median of the per-round paired ratios. On a host with few cores this bounds "
                   "throughput: with P cores a request that needs C ms of CPU takes at least C / P ms.", "",
               "| payload | raw CPU ms/request | ours single-chunk CPU / raw | ours chunked CPU / raw |",
               "| ---: | ---: | ---: | ---: |"]
     for r in res["rows"]:
-        lines.append(f"| {_fmt_size(r['size'])} | {r['raw_cpu'] * 1e3:.2f} | {r['single_cpu_ratio']:.2f} "
+        lines.append(f"| {_fmt_size(r['size'])} | {_fig(r['raw_cpu'] * 1e3)} | {r['single_cpu_ratio']:.2f} "
                      f"| {r['chunked_cpu_ratio']:.2f} |")
     lo, lr = res["lat_ours"], res["lat_raw"]
     lines += ["", f"64 KB one-way latency (median of {cfg['rounds']} rounds of per-message medians): ours "
