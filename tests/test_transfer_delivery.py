@@ -33,7 +33,7 @@ def _case_output(i, case, hidden):
     return random_output(100 + i, b, s, n, hidden=hidden, dtype=dtype, mask_dtype=mask_dtype, token_ids=ids)
 
 
-def _deliver(rank, cap, hidden, streaming, inline_bytes=None):
+def _deliver(rank, cap, hidden, streaming, inline_bytes=None, push=None):
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
 
     if rank == 0:
@@ -43,7 +43,7 @@ def _deliver(rank, cap, hidden, streaming, inline_bytes=None):
         tx.close()
         return (dict(tx.stats.per_request_bytes), tx.stats.payload_bytes_resent, tx.stats.chunks_sent,
                 tx.stats.inline_requests)
-    rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=20, inline_bytes=inline_bytes)
+    rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=20, inline_bytes=inline_bytes, push=push)
     staging = None
     chunk_counts = []
     for i, case in enumerate(CASES):
@@ -101,15 +101,16 @@ def _assemble(rx, want):
 
 
 @pytest.mark.parametrize(
-    "cap,hidden,inline_bytes",
+    "cap,hidden,inline_bytes,push",
     # small packed chunks (one-chunk requests inline with their header) / large zero-copy chunks
-    # (> PACK_LIMIT bytes) / no inline data: header first, data on request (the NCCL path)
-    [(CAP, 16, None), (64, 384, None), (CAP, 16, 0)],
-    ids=["packed", "zero_copy", "header_then_data"],
+    # (> PACK_LIMIT bytes), later chunks pushed (gloo's default) or each pulled / no inline data:
+    # header first, data on request, every chunk pulled (the NCCL path)
+    [(CAP, 16, None, None), (64, 384, None, None), (64, 384, None, False), (CAP, 16, 0, False)],
+    ids=["packed", "zero_copy", "zero_copy_pulled", "header_then_data_pulled"],
 )
-def test_recv_is_bit_exact_and_ships_only_visual_rows(cap, hidden, inline_bytes):
+def test_recv_is_bit_exact_and_ships_only_visual_rows(cap, hidden, inline_bytes, push):
     (per_request, resent, chunks_sent, inline), (staging, _) = run_ranks(
-        _deliver, args=(cap, hidden, False, inline_bytes), timeout=90)
+        _deliver, args=(cap, hidden, False, inline_bytes, push), timeout=90)
     assert resent == 0
     one_chunk = sum(1 for i, c in enumerate(CASES) if c[1] * c[2] <= cap)
     assert inline == (0 if inline_bytes == 0 else one_chunk)
@@ -125,8 +126,9 @@ def test_recv_is_bit_exact_and_ships_only_visual_rows(cap, hidden, inline_bytes)
     assert staging > 0
 
 
-def test_recv_chunks_streams_each_chunk_with_its_deepstack_rows():
-    _, (_, chunk_counts) = run_ranks(_deliver, args=(CAP, 16, True), timeout=90)
+@pytest.mark.parametrize("push", [None, False], ids=["pushed", "pulled"])
+def test_recv_chunks_streams_each_chunk_with_its_deepstack_rows(push):
+    _, (_, chunk_counts) = run_ranks(_deliver, args=(CAP, 16, True, None, push), timeout=90)
     for case, n in zip(CASES, chunk_counts):
         assert n == max(1, -(-case[1] * case[2] // CAP)), case[0]
 

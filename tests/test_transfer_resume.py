@@ -40,12 +40,12 @@ def _sender(stall_at=None, stall_s=0.0):
     return sent, tx.stats.payload_bytes_sent, tx.stats.payload_bytes_resent
 
 
-def _consumer_raises(rank, inline_bytes):
+def _consumer_raises(rank, push, inline_bytes):
     if rank == 0:
         return _sender()
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver
 
-    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=20, inline_bytes=inline_bytes)
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=20, inline_bytes=inline_bytes, push=push)
     kept = []
     try:
         for chunk in rx.recv_chunks():
@@ -75,15 +75,18 @@ def _copy(chunk):
     }
 
 
-@pytest.mark.parametrize("inline_bytes", [None, 0], ids=["ints_with_header", "ints_with_data"])
-def test_resume_after_consumer_exception_resends_only_the_unacknowledged_chunk(inline_bytes):
-    (sent, payload_sent, resent), kept = run_ranks(_consumer_raises, args=(inline_bytes,), timeout=60)
+@pytest.mark.parametrize("push,inline_bytes", [(True, None), (True, 0), (False, None), (False, 0)],
+                         ids=["push", "push_ints_with_data", "pull_ints_with_header", "pull_ints_with_data"])
+def test_resume_after_consumer_exception_resends_only_the_unacknowledged_chunk(push, inline_bytes):
+    (sent, payload_sent, resent), kept = run_ranks(_consumer_raises, args=(push, inline_bytes), timeout=60)
     want = _want()
-    offsets = [0, 8, 16, 16, 24, 32]  # chunk at 16 was received but not acknowledged -> pulled again
-    assert [o for o, _ in sent] == offsets
     full = sum(_chunk_payload_bytes(want, o, CAP) for o in range(0, B * S, CAP))
-    # its data again: the rows, plus its int section unless that came with its header (and was kept)
-    again = _chunk_payload_bytes(want, 16, CAP, ints=inline_bytes == 0)
+    if push:  # the unacknowledged chunk at 16 is still in staging: yielded again, nothing re-sent
+        again = 0
+        assert [o for o, _ in sent] == [0, 8, 16, 24, 32]
+    else:  # pulled again: its rows, plus its int section unless that came with its header (and was kept)
+        again = _chunk_payload_bytes(want, 16, CAP, ints=inline_bytes == 0)
+        assert [o for o, _ in sent] == [0, 8, 16, 16, 24, 32]
     assert payload_sent == full + again  # the acknowledged chunks 0 and 8 were never sent twice
     assert resent == again
     # reassembled data is identical

@@ -17,8 +17,8 @@ Pairwise use::
 
 `peer` is a global rank; `group` restricts the messages to a process group (default: WORLD).
 
-Protocol (pull-based; `protocol.py` has the formats, `chunking.py` the layout)
------------------------------------------------------------------------------
+Protocol (pull-based, later chunks pushed on gloo; `protocol.py` formats, `chunking.py` layout)
+----------------------------------------------------------------------------------------------
 Three tags per channel: control (receiver -> sender), headers and data (sender -> receiver). The
 sender never sends data into a receive that is not posted yet: on gloo a late-posted receive costs
 an extra rendezvous round trip that, measured, about doubles the time of a multi-MB message.
@@ -41,6 +41,15 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   The pull of a request's last chunk also asks to describe the next request, so its header
   travels while the receiver is still busy with this one; the final acknowledgement follows as
   ``ACK`` (or rides on the next ``PULL(NEXT)``).
+* **Push (gloo default, `push=True`).** The pull of a request's first chunk is flagged
+  ``PULL_PUSH``: the sender then posts every later chunk at once, header and data, in order, and
+  answers no more pulls for it. gloo sends a message only once its receive is posted (measured:
+  an unposted 200 MB send moves nothing and the receiver's memory does not grow), and the receiver
+  posts a chunk's receives only after the previous chunk is acknowledged, so posting them *is*
+  the request for the next chunk from the acknowledged offset, answered by gloo itself: no
+  control message and no work of the sender between two chunks. Its last chunk's receives go
+  out with a ``PULL(NEXT)`` that prefetches the next request's first header. CUDA receivers pull
+  every chunk (`push=False`): an NCCL send posted ahead would hold up the peer's stream.
 * Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
   tokens) and the visual-embedding and deepstack rows of the visual tokens among them, token-major
   (n, 1+K, H): each visual row followed by its K deepstack rows, so a chunk's rows are one block.
@@ -82,12 +91,14 @@ Resume semantics
   (or `recv_chunks()`, or `resume(request_id)`) again continues waiting for the same chunk. No
   byte is requested or sent twice.
 * **Consumer exception.** If a `recv_chunks()` consumer raises (or stops iterating) while holding
-  a chunk, that chunk is *not* acknowledged. The next `recv_chunks()`/`resume(request_id)` pulls
-  again from the acknowledged offset, i.e. re-requests only the data of that unacknowledged chunk
-  (``PULL`` flagged data-only: the next header already arrived; an int section that came with
-  the chunk's header is kept, not sent again). Chunks
-  acknowledged before are never sent again (the sender refuses a pull below the acknowledged
-  offset; `sender.stats.payload_bytes_resent` counts unacknowledged chunks sent twice).
+  a chunk, that chunk is *not* acknowledged. The next `recv_chunks()`/`resume(request_id)` goes
+  on from the acknowledged offset. Pushed, the chunk is still in staging (the next chunk's data
+  receive is only posted after the acknowledgement) and is yielded again: nothing is sent twice.
+  Pulled, only the data of that unacknowledged chunk is requested again (``PULL`` flagged
+  data-only: the next header already arrived; an int section that came with the chunk's header
+  is kept, not sent again). Chunks acknowledged before are never sent again (the sender refuses
+  a pull below the acknowledged offset; `sender.stats.payload_bytes_resent` counts unacknowledged
+  chunks sent twice).
 * At most one request is in progress per receiver (the staging buffer holds one chunk), so while
   a request is interrupted `recv()` resumes it instead of starting another; `receiver.interrupted`
   names it. Resume a request with the call that started it (`recv` or `recv_chunks`).
@@ -99,8 +110,10 @@ Errors
 `TransferError` (base; `.request_id`, `.field`), `HeaderMismatch` (magic, version, checksum,
 request id, offset, count, dtype, H, K, batch size... disagree with expectations: the message names
 the request and the field; the receiver rejects the request, so the sender's handle fails with a
-`HeaderMismatch` naming the field and the channel stays usable: no data follows a header unasked,
-so there is nothing to drain), a sender's refusal of a pull (an ``ERROR`` header: unknown request,
+`HeaderMismatch` naming the field and the channel stays usable: no data follows a first header
+unasked; what was pushed of a request rejected at a later chunk is received into scratch memory
+and dropped before the error is raised, so the channel stays in step), a sender's refusal of a
+pull (an ``ERROR`` header: unknown request,
 bad offset) is raised at once as `TransferError` even while the data receives are posted (they
 stay posted, so that channel is unusable afterwards),
 `TransferTimeout` (silent peer: names request and offset), `PeerClosed` (sender closed: `recv()`
@@ -123,7 +136,8 @@ polled with `is_completed()`; NCCL itself has not been exercised by the tests (C
 Shutdown
 --------
 Call `sender.close()` (waits for in-flight requests, then answers the receiver's pending pull
-with BYE) and `receiver.close()` (tells senders to stop listening) on both sides before
+with BYE) and `receiver.close()` (takes what was pushed of an unfinished request off the wire, then
+tells senders to stop listening) on both sides before
 `dist.destroy_process_group()`: gloo aborts the process if a receive is still posted then, or
 while a thread still waits on a message. Both return once their own last messages completed and
 their threads are done, so the group can be destroyed right after, without a barrier.

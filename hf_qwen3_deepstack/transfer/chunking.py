@@ -201,6 +201,19 @@ def _bytes_of(ints: torch.Tensor, embeds: list[torch.Tensor], header: bytearray 
     return torch.cat(pieces)
 
 
+def pushed_data_sizes(h: ChunkHeader) -> list[int]:
+    """Byte sizes of the data messages that follow header `h` (as `SendPlan.messages` sends them)."""
+    if h.inline:
+        return []
+    if h.ints_inline:
+        sizes = [h.embed_bytes]
+    elif h.packed:
+        sizes = [h.int_bytes + h.embed_bytes]
+    else:
+        sizes = [h.int_bytes, h.embed_bytes]
+    return [n for n in sizes if n]
+
+
 def int_numel(h: ChunkHeader) -> int:
     c = h.token_count
     return (h.batch_size if h.first else 0) + 4 * c + (c if h.mask_dtype != NONE_ID else 0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 import torch
 
 MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
-VERSION = 4
+VERSION = 5
 HEADER_WORDS = 32
 HEADER_BYTES = 8 * HEADER_WORDS
 CONTROL_WORDS = 16
@@ -45,6 +45,7 @@ KIND_ACK = 19  # acknowledgement only (done_request_id)
 # control flags (PULL of a request)
 PULL_DATA_ONLY = 1  # re-send this chunk's data, not the next header (the receiver has it)
 PULL_DESCRIBE_NEXT = 2  # after the last chunk's data, describe the next request (prefetch)
+PULL_PUSH = 4  # then send every later chunk of the request too, header and data, without pulls
 
 # chunk flags
 FLAG_FIRST = 1

@@ -20,6 +20,7 @@ from .chunking import (
     empty_result,
     inline_result,
     int_numel,
+    pushed_data_sizes,
     scatter_chunk,
     split_ints,
     token_id,
@@ -45,6 +46,7 @@ from .protocol import (
     NONE_ID,
     PULL_DATA_ONLY,
     PULL_DESCRIBE_NEXT,
+    PULL_PUSH,
     ChunkHeader,
     Control,
     HeaderMismatch,
@@ -126,6 +128,7 @@ class _Active:
     rows_acked: int = 0
     chunks: int = 0
     zero_copy: bool = False  # `result` is a view of the buffer the request arrived in
+    pushed: bool = False  # the sender was asked to push every later chunk (no more pulls)
     int_block: torch.Tensor | None = None  # the result's ints in wire layout (one-chunk requests)
     rows: torch.Tensor | None = None  # the result's (N, 1+K, H) token-major rows
     header: ChunkHeader | None = None  # header of the chunk in progress
@@ -142,7 +145,10 @@ class EncoderOutputReceiver:
 
     `inline_bytes`: data bytes a header's message may carry after it (a whole one-chunk request, or
     a chunk's int section): default 1 MiB on CPU/gloo; must be 0 on CUDA (NCCL needs exact message
-    sizes; a ValueError otherwise); 0 always asks header, then data."""
+    sizes; a ValueError otherwise); 0 always asks header, then data.
+    `push`: after the pull of a request's first chunk the sender sends all later chunks without
+    further pulls; each still leaves only when this side posts its receive (gloo's rendezvous), a
+    chunk at a time. Default: on for CPU/gloo, off for CUDA (there every chunk is pulled)."""
 
     def __init__(
         self,
@@ -158,6 +164,7 @@ class EncoderOutputReceiver:
         max_batch_size: int = 1024,
         tag: int = DEFAULT_TAG,
         inline_bytes: int | None = None,
+        push: bool | None = None,
     ):
         if capacity_tokens <= 0:
             raise ValueError("capacity_tokens must be positive")
@@ -180,6 +187,7 @@ class EncoderOutputReceiver:
             raise ValueError(f"inline_bytes={inline_bytes} on device {self.device}: it must be 0 for CUDA receivers "
                              "(NCCL needs every message to match its receive's exact size) and >= 0 on CPU")
         self.inline_bytes = inline_bytes
+        self.push = self.device.type == "cpu" if push is None else push
         self._cond = threading.Condition()
         links = [PeerLink(p, group) for p in peers]  # every peer checked before any thread starts
         self._channels = [_Channel(link, self.device, self._cond, inline_bytes) for link in links]
@@ -269,10 +277,16 @@ class EncoderOutputReceiver:
         for ch in self._channels:
             if ch.broken is not None:
                 continue
-            try:  # data only ever follows a pull: waiting for what was asked for leaves nothing posted
+            try:  # waiting for what was asked for (or pushed, drained) leaves nothing posted or pending
+                act = self._active
+                if act is not None and act.ch is ch:
+                    if act.payload:
+                        wait_all(act.payload, deadline)
+                    if act.pushed and act.stage == "have_header":
+                        self._drain_pushed(ch, act.header, deadline)
+                    elif act.pushed and not act.header.last:
+                        self._drain_pushed(ch, None, deadline)
                 sent = self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
-                if self._active is not None and self._active.ch is ch and self._active.payload:
-                    wait_all(self._active.payload, deadline)
                 if ch.header is not None and wait_all([ch.header], deadline):
                     ch.header = None
                 wait_all(sent, deadline)
@@ -481,7 +495,10 @@ class EncoderOutputReceiver:
     def _advance(self, act: _Active, deadline: float) -> None:
         """Drive `act` until its current chunk is received (stage 'received')."""
         ch = act.ch
-        if act.stage == "unacked":  # consumer raised: ask for the same chunk's data again
+        if act.stage == "unacked":  # consumer raised: the chunk again (pushed: it is still in staging)
+            if act.pushed:
+                act.stage = "received"
+                return
             self._request_data(act, resend=True)
         if act.stage == "await_header":
             if not wait_all([ch.header], deadline):
@@ -491,7 +508,12 @@ class EncoderOutputReceiver:
                 ch.closed = True
                 raise PeerClosed(f"{req_name(act.request_id)} at token offset {act.acked}: sender rank {ch.peer} "
                                  f"closed mid-request", act.request_id, "bye")
-            self._validate_chunk(ch, h, act.request_id, act.acked, act.rows_acked, act.first)
+            try:
+                self._validate_chunk(ch, h, act.request_id, act.acked, act.rows_acked, act.first)
+            except HeaderMismatch:
+                if act.pushed:  # this chunk's data and the rest are on their way: take them off the wire
+                    self._drain_pushed(ch, h, deadline)
+                raise
             act.header, act.stage = h, "have_header"
         if act.stage == "have_header":
             self._request_data(act)
@@ -517,16 +539,28 @@ class EncoderOutputReceiver:
                 views.ints.copy_(ch.header_buf[HEADER_BYTES : HEADER_BYTES + h.int_bytes].view(torch.int64))
                 self.bytes_received += h.int_bytes
                 self.payload_bytes_received += h.int_bytes
-        act.payload = ch.data_waiter.submit_many(
-            [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets])
+        items = [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets]
+        act.stage = "await_payload"
+        if act.pushed:  # the sender sent this chunk unasked: only receives to post
+            if h.last:
+                act.payload = ch.data_waiter.submit_many(items)
+                self._pull(ch, self._describe_next())  # prefetch the next request's first header
+            else:  # and the next chunk's header, on the same thread (one wake-up)
+                self._wait_posted(ch)
+                items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
+                pend = ch.data_waiter.submit_many(items)
+                act.payload, ch.header = pend[:-1], pend[-1]
+            return
+        act.payload = ch.data_waiter.submit_many(items)
         ctrl = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
                        inline_bytes=self.inline_bytes)
         if resend or ch.header is not None:  # the next header is here or on its way already
             ctrl.flags = PULL_DATA_ONLY
         elif h.last:
             ctrl.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
+        elif self.push:
+            ctrl.flags, act.pushed = PULL_PUSH, True
         self._pull(ch, ctrl, expect_header=not ctrl.flags & PULL_DATA_ONLY)
-        act.stage = "await_payload"
 
     def _await_payload(self, act: _Active, deadline: float) -> None:
         """Wait for the chunk's data; a sender's refusal (ERROR header) ends the wait early."""
@@ -559,11 +593,46 @@ class EncoderOutputReceiver:
             return
         err = mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)", act.acked)
         ch = act.ch
-        if not h.last and ch.header is not None:  # the next chunk's header is on its way: let it land
+        if not h.last and act.pushed:  # the rest of the request is on its way: take it off the wire
+            self._drain_pushed(ch, None, self._deadline(None))
+        elif not h.last and ch.header is not None:  # the next chunk's header is on its way: let it land
             wait_all([ch.header], self._deadline(None))
             ch.header = None
         self._reject(ch, h, err)
         raise err
+
+    def _drain_pushed(self, ch: _Channel, h: ChunkHeader | None, deadline: float) -> None:
+        """Receive and discard what the sender pushed of a request being dropped (rejected, or
+        this side closing): from the data of chunk `h`, or (None) from the header being received,
+        to the request's last chunk, so that no send of it stays pending and the channel stays in
+        step. If that cannot be done the channel is marked broken."""
+        try:
+            while True:
+                if h is None:
+                    if ch.header is None or not wait_all([ch.header], deadline):
+                        raise TransferError("no pushed chunk header to drain within the timeout")
+                    ch.header = None
+                    h = ch.parse_header(NEXT)
+                    if h.kind != KIND_CHUNK:
+                        raise TransferError(f"header kind {h.kind} while draining")
+                sizes = pushed_data_sizes(h)
+                if sum(sizes) > max(1 << 30, 4 * self.staging_nbytes):
+                    raise TransferError(f"{sum(sizes)} bytes of pushed data to drain")
+                self._wait_posted(ch)
+                scratch = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
+                items = [(self._irecv(ch, t, self.data_tag), t, t.numel()) for t in scratch]
+                if not h.last:
+                    items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
+                pend = ch.data_waiter.submit_many(items)  # (the waiter iterates this very list)
+                if not h.last:
+                    ch.header, pend = pend[-1], pend[:-1]
+                if not wait_all(pend, deadline):
+                    raise TransferError("pushed chunk data not drained within the timeout")
+                if h.last:
+                    return
+                h = None
+        except Exception as e:  # noqa: BLE001 - out of step with the sender: the channel is unusable
+            ch.broken = ch.broken or e
 
     def _timeout(self, act: _Active) -> TransferTimeout:
         what = "chunk header" if act.stage == "await_header" else "chunk data"

@@ -34,6 +34,7 @@ from .protocol import (
     NONE_ID,
     PULL_DATA_ONLY,
     PULL_DESCRIBE_NEXT,
+    PULL_PUSH,
     ChunkHeader,
     Control,
     HeaderMismatch,
@@ -142,6 +143,7 @@ class EncoderOutputSender:
         self._closing = False
         self._dead: BaseException | None = None
         self._sends: list[Pending] = []  # issued sends not yet known complete
+        self._batch: list[tuple] | None = None  # sends being collected for one hand-over (a push)
         self._send_waiter = Waiter(f"tx-send-{peer}", cuda=is_cuda(self.device))
         self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
         self._reader.start()
@@ -325,7 +327,8 @@ class EncoderOutputSender:
         self._send_chunk_header(req, h)
 
     def _answer_pull(self, ctrl: Control) -> bool:
-        """Data of the chunk at `offset` (the receiver has its header), then the next chunk's header."""
+        """Data of the chunk at `offset` (the receiver has its header), then the next chunk's header;
+        with `PULL_PUSH`, every later chunk of the request as well (`_push_rest`)."""
         with self._cond:
             req = self._requests.get(ctrl.request_id)
         if req is None:
@@ -337,20 +340,46 @@ class EncoderOutputSender:
             return False
         req.acked = req.handle.acked_offset = o
         h = req.plan.header(req.request_id, o // cap, o, cap, ctrl.inline_bytes)
-        if self.on_chunk is not None:
-            self.on_chunk(req.request_id, o, h.token_count)
-        msgs = req.plan.messages(h)
-        works = self._isend_many(msgs, self.data_tag)
-        self._count_data(req, h, sum(m.numel() * m.element_size() for m in msgs), len(works))
         if ctrl.flags & PULL_DATA_ONLY:
-            return False
-        if not h.last:
+            self._send_data(req, h)
+        elif h.last:
+            self._send_data(req, h)
+            if ctrl.flags & PULL_DESCRIBE_NEXT:
+                self._answer_next(ctrl)
+        elif ctrl.flags & PULL_PUSH:
+            self._push_rest(req, h, ctrl)
+        else:
+            self._send_data(req, h)
             nxt = o + h.token_count
             req.described = nxt
             self._send_chunk_header(req, req.plan.header(req.request_id, nxt // cap, nxt, cap, ctrl.inline_bytes))
-        elif ctrl.flags & PULL_DESCRIBE_NEXT:
-            self._answer_next(ctrl)
         return False
+
+    def _send_data(self, req: _Request, h: ChunkHeader) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(req.request_id, h.token_offset, h.token_count)
+        msgs = req.plan.messages(h)
+        works = self._isend_many(msgs, self.data_tag)
+        self._count_data(req, h, sum(m.numel() * m.element_size() for m in msgs), len(works))
+
+    def _push_rest(self, req: _Request, h: ChunkHeader, ctrl: Control) -> None:
+        """The data of chunk `h`, then every later chunk: header, data. All are posted now, in one
+        batch for the completion thread; gloo sends each message only once the receiver posted its
+        receive, which the receiver does a chunk at a time, so its memory bound holds and no pull
+        round trip (nor any work of ours) sits between two chunks."""
+        cap = ctrl.capacity
+        self._batch = []
+        try:
+            self._send_data(req, h)
+            while not h.last:
+                o = h.token_offset + h.token_count
+                h = req.plan.header(req.request_id, o // cap, o, cap, ctrl.inline_bytes)
+                req.described = o
+                self._send_chunk_header(req, h)
+                self._send_data(req, h)
+        finally:
+            batch, self._batch = self._batch, None
+            self._sends.extend(self._send_waiter.submit_many(batch))
 
     def _reject(self, req: _Request, field_index: int) -> None:
         names = [f for f in ChunkHeader.__dataclass_fields__]
@@ -424,12 +453,17 @@ class EncoderOutputSender:
     def _send_error(self, request_id: int, offset: int, code: int) -> None:
         self._send_header(ChunkHeader(kind=KIND_ERROR, request_id=request_id, token_offset=offset, error_code=code))
 
-    def _isend_many(self, tensors: list[torch.Tensor], tag: int) -> list[Pending]:
+    def _isend_many(self, tensors: list[torch.Tensor], tag: int) -> list:
         """Post sends, in order; their completion is tracked by the send-waiter thread (which keeps
-        the tensors alive), handed over in one batch (one thread wake-up)."""
+        the tensors alive), handed over in one batch (one thread wake-up), or added to the batch
+        being collected (`_push_rest`)."""
         if self.device is not None:
             tensors = [t if t.device == self.device else t.to(self.device) for t in tensors]
-        ps = self._send_waiter.submit_many([(self._link.isend(t, tag), t, 0) for t in tensors])
+        items = [(self._link.isend(t, tag), t, 0) for t in tensors]
+        if self._batch is not None:
+            self._batch.extend(items)
+            return items
+        ps = self._send_waiter.submit_many(items)
         self._sends.extend(ps)
         return ps
 
