@@ -43,7 +43,7 @@ def _fake_sender(rank, corrupt):
             words[{"magic": 0, "version": 1}[corrupt]] += 1
         dist.send(words, dst=1, tag=HEADER_TAG)  # a describe answer: no data follows it unasked
         return None
-    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10)
+    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, push=False)  # (it sends no data unasked)
     try:
         rx.recv()
     except HeaderMismatch as e:
@@ -60,7 +60,8 @@ def test_wrong_header_names_request_and_field(corrupt):
 
 
 def _refusing_sender(rank):
-    """Rank 0 describes request 5, then refuses the pull of its data (as a sender that lost it would)."""
+    """Rank 0 describes request 5, then refuses the pull of its data (as a sender that lost it would;
+    a receiver that asks for whole requests pushed sends no such pull)."""
     import torch.distributed as dist
 
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, TransferError
@@ -79,7 +80,7 @@ def _refusing_sender(rank):
                               error_code=ERR_UNKNOWN_REQUEST)
         dist.send(refusal.to_tensor(), dst=1, tag=HEADER_TAG)
         return pull.request_id, pull.offset
-    return _timed_recv_error(EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, inline_bytes=0),
+    return _timed_recv_error(EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, inline_bytes=0, push=False),
                              TransferError, "field")
 
 

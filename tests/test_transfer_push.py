@@ -80,6 +80,7 @@ def _close_mid_request(rank, push):
     chunk = next(rx.recv_chunks())
     assert chunk.token_offset == 0 and torch.equal(chunk.input_ids, out.input_ids.reshape(-1)[:CAP])
     rx.close()
+    time.sleep(4)  # stay connected: a send left pending would now hold the sender's close()
     return rx.interrupted
 
 
@@ -88,4 +89,40 @@ def test_closing_mid_request_takes_pushed_chunks_off_the_wire(push):
     (close_s, chunks_sent), interrupted = run_ranks(_close_mid_request, args=(push,), timeout=90)
     assert interrupted is None
     assert chunks_sent == (6 if push else 1)  # pushed: all chunks were sent; pulled: only chunk 0
+    assert close_s < 3  # a send still pending would hold close() until its 10 s deadline
+
+
+def _close_with_next_request_pushed(rank, push):
+    """The receiver takes request 0, then closes while request 1 (several chunks) is already on
+    its way (described by the prefetch sent with request 0's last chunk): close() must take it off
+    the wire, the sender fail it with PeerClosed and close promptly."""
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender, PeerClosed
+
+    outs = [random_output(6, 1, 2 * CAP, 10, hidden=64), random_output(7, 1, 5 * CAP, 40, hidden=64)]
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=10)
+        handles = [tx.isend(i, out) for i, out in enumerate(outs)]
+        handles[0].wait()
+        try:
+            handles[1].wait()
+            raise AssertionError("request 1 completed although the receiver closed")
+        except PeerClosed:
+            pass
+        t0 = time.monotonic()
+        tx.close()
+        return time.monotonic() - t0, tx.stats.chunks_sent
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=10, push=push)
+    rid, got = rx.recv()
+    assert rid == 0
+    assert_same(got, outs[0])
+    time.sleep(0.5)  # request 1's header (and, pushed, all of it) is sent meanwhile
+    rx.close()
+    time.sleep(4)  # stay connected: a send left pending would now hold the sender's close()
+    return rid
+
+
+@pytest.mark.parametrize("push", [True, False], ids=["push", "pull"])
+def test_closing_with_the_next_request_pushed_takes_it_off_the_wire(push):
+    (close_s, chunks_sent), _ = run_ranks(_close_with_next_request_pushed, args=(push,), timeout=90)
+    assert chunks_sent == (2 + 5 if push else 2)  # pushed: request 1 whole; pulled: nothing of it
     assert close_s < 3  # a send still pending would hold close() until its 10 s deadline

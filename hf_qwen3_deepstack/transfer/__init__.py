@@ -17,8 +17,8 @@ Pairwise use::
 
 `peer` is a global rank; `group` restricts the messages to a process group (default: WORLD).
 
-Protocol (pull-based, later chunks pushed on gloo; `protocol.py` formats, `chunking.py` layout)
-----------------------------------------------------------------------------------------------
+Protocol (pull-based; whole requests pushed on gloo; `protocol.py` formats, `chunking.py` layout)
+-----------------------------------------------------------------------------------------------
 Three tags per channel: control (receiver -> sender), headers and data (sender -> receiver). The
 sender never sends data into a receive that is not posted yet: on gloo a late-posted receive costs
 an extra rendezvous round trip that, measured, about doubles the time of a multi-MB message.
@@ -34,22 +34,26 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   Any other chunk header carries its chunk's int section in the same message when that fits
   `inline_bytes` (``FLAG_INTS``): the receiver copies it out (into the result or staging) before
   the next header can land in that buffer, and the chunk's data is then its rows alone.
-* **Data.** With the header in hand the receiver knows every size: it posts the receives for the
-  chunk's data (straight into the result tensors where it can) and for the next chunk's header,
-  then sends ``PULL(request_id, offset)``: "everything below `offset` is acknowledged, send the
-  data of the chunk at `offset`". The sender sends it, then the header of the following chunk.
+* **Data, pulled** (CUDA, or `push=False`). With the header in hand the receiver knows every
+  size: it posts the receives for the chunk's data (straight into the result tensors where it
+  can) and for the next chunk's header, then sends ``PULL(request_id, offset)``: "everything
+  below `offset` is acknowledged, send the data of the chunk at `offset`". The sender sends it,
+  then the header of the following chunk.
   The pull of a request's last chunk also asks to describe the next request, so its header
   travels while the receiver is still busy with this one; the final acknowledgement follows as
   ``ACK`` (or rides on the next ``PULL(NEXT)``).
-* **Push (gloo default, `push=True`).** The pull of a request's first chunk is flagged
-  ``PULL_PUSH``: the sender then posts every later chunk at once, header and data, in order, and
-  answers no more pulls for it. gloo sends a message only once its receive is posted (measured:
-  an unposted 200 MB send moves nothing and the receiver's memory does not grow), and the receiver
-  posts a chunk's receives only after the previous chunk is acknowledged, so posting them *is*
-  the request for the next chunk from the acknowledged offset, answered by gloo itself: no
-  control message and no work of the sender between two chunks. Its last chunk's receives go
-  out with a ``PULL(NEXT)`` that prefetches the next request's first header. CUDA receivers pull
-  every chunk (`push=False`): an NCCL send posted ahead would hold up the peer's stream.
+* **Push (gloo default, `push=True`).** The receiver's ``PULL(NEXT)`` is flagged ``PULL_PUSH``:
+  the sender answers with the whole request, posting every chunk's header and data at once, in
+  order, and gets no pulls for it. gloo sends a message only once its receive is posted
+  (measured: an unposted 200 MB send moves nothing and the receiver's memory does not grow), and
+  the receiver posts a chunk's data receive (with the next chunk's header receive) only after the
+  previous chunk is acknowledged. Posting them *is* the request for the next chunk from the
+  acknowledged offset, answered by gloo itself: no control message and no work of the sender
+  between two chunks. The last chunk's receives go out with the ``PULL(NEXT)`` that prefetches
+  the next request. A request dropped part-way (rejected, or the receiver closing) is received
+  into scratch memory and discarded, so no send of it stays pending and the channel stays in
+  step. CUDA receivers pull every chunk (`push=False`): an NCCL send posted ahead would hold up
+  the operations queued behind it on the pair's stream.
 * Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
   tokens) and the visual-embedding and deepstack rows of the visual tokens among them, token-major
   (n, 1+K, H): each visual row followed by its K deepstack rows, so a chunk's rows are one block.
@@ -93,7 +97,8 @@ Resume semantics
 * **Consumer exception.** If a `recv_chunks()` consumer raises (or stops iterating) while holding
   a chunk, that chunk is *not* acknowledged. The next `recv_chunks()`/`resume(request_id)` goes
   on from the acknowledged offset. Pushed, the chunk is still in staging (the next chunk's data
-  receive is only posted after the acknowledgement) and is yielded again: nothing is sent twice.
+  receive is only posted after the acknowledgement) and is yielded again, as it was received:
+  nothing is sent twice.
   Pulled, only the data of that unacknowledged chunk is requested again (``PULL`` flagged
   data-only: the next header already arrived; an int section that came with the chunk's header
   is kept, not sent again). Chunks acknowledged before are never sent again (the sender refuses
@@ -110,10 +115,10 @@ Errors
 `TransferError` (base; `.request_id`, `.field`), `HeaderMismatch` (magic, version, checksum,
 request id, offset, count, dtype, H, K, batch size... disagree with expectations: the message names
 the request and the field; the receiver rejects the request, so the sender's handle fails with a
-`HeaderMismatch` naming the field and the channel stays usable: no data follows a first header
-unasked; what was pushed of a request rejected at a later chunk is received into scratch memory
-and dropped before the error is raised, so the channel stays in step), a sender's refusal of a
-pull (an ``ERROR`` header: unknown request,
+`HeaderMismatch` naming the field and the channel stays usable: pulled, no data follows a header
+unasked; pushed, the rest of the rejected request is received into scratch memory and dropped
+before the error is raised, so the channel stays in step), a sender's refusal of a pull (an
+``ERROR`` header: unknown request,
 bad offset) is raised at once as `TransferError` even while the data receives are posted (they
 stay posted, so that channel is unusable afterwards),
 `TransferTimeout` (silent peer: names request and offset), `PeerClosed` (sender closed: `recv()`

@@ -45,7 +45,7 @@ KIND_ACK = 19  # acknowledgement only (done_request_id)
 # control flags (PULL of a request)
 PULL_DATA_ONLY = 1  # re-send this chunk's data, not the next header (the receiver has it)
 PULL_DESCRIBE_NEXT = 2  # after the last chunk's data, describe the next request (prefetch)
-PULL_PUSH = 4  # then send every later chunk of the request too, header and data, without pulls
+PULL_PUSH = 4  # PULL(NEXT): send the whole request described, every chunk's header and data, unpulled
 
 # chunk flags
 FLAG_FIRST = 1

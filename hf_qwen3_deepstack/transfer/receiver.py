@@ -128,7 +128,7 @@ class _Active:
     rows_acked: int = 0
     chunks: int = 0
     zero_copy: bool = False  # `result` is a view of the buffer the request arrived in
-    pushed: bool = False  # the sender was asked to push every later chunk (no more pulls)
+    pushed: bool = False  # the sender sent the whole request unasked (no pulls)
     int_block: torch.Tensor | None = None  # the result's ints in wire layout (one-chunk requests)
     rows: torch.Tensor | None = None  # the result's (N, 1+K, H) token-major rows
     header: ChunkHeader | None = None  # header of the chunk in progress
@@ -146,9 +146,10 @@ class EncoderOutputReceiver:
     `inline_bytes`: data bytes a header's message may carry after it (a whole one-chunk request, or
     a chunk's int section): default 1 MiB on CPU/gloo; must be 0 on CUDA (NCCL needs exact message
     sizes; a ValueError otherwise); 0 always asks header, then data.
-    `push`: after the pull of a request's first chunk the sender sends all later chunks without
-    further pulls; each still leaves only when this side posts its receive (gloo's rendezvous), a
-    chunk at a time. Default: on for CPU/gloo, off for CUDA (there every chunk is pulled)."""
+    `push`: asking for the next request, ask the sender to send all of it (every chunk's header and
+    data) without further pulls; each message still leaves only when this side posts its receive
+    (gloo's rendezvous), a chunk at a time. Default: on for CPU/gloo, off for CUDA (there every
+    chunk is pulled)."""
 
     def __init__(
         self,
@@ -282,13 +283,16 @@ class EncoderOutputReceiver:
                 if act is not None and act.ch is ch:
                     if act.payload:
                         wait_all(act.payload, deadline)
-                    if act.pushed and act.stage == "have_header":
+                    if act.pushed and act.stage == "have_header":  # its data not asked for yet
                         self._drain_pushed(ch, act.header, deadline)
-                    elif act.pushed and not act.header.last:
-                        self._drain_pushed(ch, None, deadline)
                 sent = self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
+                # the header being received: a BYE, or a chunk of a pushed request (the next chunk of
+                # the unfinished one, or the next request's first): then the rest of it follows
                 if ch.header is not None and wait_all([ch.header], deadline):
-                    ch.header = None
+                    p, ch.header = ch.header, None
+                    h = ch.parse_header(NEXT) if p.error is None and self.push else None
+                    if h is not None and h.kind == KIND_CHUNK and not h.inline:
+                        self._drain_pushed(ch, h, deadline)
                 wait_all(sent, deadline)
             except Exception:  # noqa: BLE001 - best effort on shutdown
                 pass
@@ -318,7 +322,8 @@ class EncoderOutputReceiver:
                 self._pull(ch, self._describe_next())
 
     def _describe_next(self, done: _Active | None = None) -> Control:
-        ctrl = Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens, inline_bytes=self.inline_bytes)
+        ctrl = Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens, inline_bytes=self.inline_bytes,
+                       flags=PULL_PUSH if self.push else 0)
         if done is not None:
             ctrl.done_request_id, ctrl.done_total = done.request_id, done.first.total_tokens
         return ctrl
@@ -337,10 +342,16 @@ class EncoderOutputReceiver:
             if h.kind == KIND_BYE:
                 ch.closed = True
                 continue
-            self._validate_first(ch, h)
+            try:
+                self._validate_first(ch, h)
+            except HeaderMismatch:
+                if self.push and not h.inline:  # the request was sent whole: take it off the wire
+                    self._drain_pushed(ch, h, deadline)
+                raise
             if h.inline:
                 return self._start_inline(ch, h, mode)
             self._active = self._begin(ch, h, mode)
+            self._active.pushed = self.push
             return self._active
 
     def _begin(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
@@ -541,7 +552,7 @@ class EncoderOutputReceiver:
                 self.payload_bytes_received += h.int_bytes
         items = [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets]
         act.stage = "await_payload"
-        if act.pushed:  # the sender sent this chunk unasked: only receives to post
+        if act.pushed:  # the sender sent the whole request unasked: only receives to post
             if h.last:
                 act.payload = ch.data_waiter.submit_many(items)
                 self._pull(ch, self._describe_next())  # prefetch the next request's first header
@@ -558,8 +569,6 @@ class EncoderOutputReceiver:
             ctrl.flags = PULL_DATA_ONLY
         elif h.last:
             ctrl.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
-        elif self.push:
-            ctrl.flags, act.pushed = PULL_PUSH, True
         self._pull(ch, ctrl, expect_header=not ctrl.flags & PULL_DATA_ONLY)
 
     def _await_payload(self, act: _Active, deadline: float) -> None:

@@ -306,7 +306,8 @@ class EncoderOutputSender:
 
     def _describe_next(self, ctrl: Control) -> None:
         """Send the first chunk header of the oldest unstarted request; its data too (inline) when
-        the whole request is one chunk that fits the receiver's inline allowance."""
+        the whole request is one chunk that fits the receiver's inline allowance, or all of it
+        when the receiver asked for pushes (`PULL_PUSH`)."""
         with self._cond:
             req = self._unstarted.popleft() if self._unstarted else None
         if req is None:  # closing and nothing left
@@ -324,11 +325,13 @@ class EncoderOutputSender:
             self.stats.inline_requests += 1
             self._count_header(req.request_id)
             return
-        self._send_chunk_header(req, h)
+        if ctrl.flags & PULL_PUSH:  # the whole request now, chunk after chunk
+            self._push(req, h, ctrl)
+        else:
+            self._send_chunk_header(req, h)
 
     def _answer_pull(self, ctrl: Control) -> bool:
-        """Data of the chunk at `offset` (the receiver has its header), then the next chunk's header;
-        with `PULL_PUSH`, every later chunk of the request as well (`_push_rest`)."""
+        """Data of the chunk at `offset` (the receiver has its header), then the next chunk's header."""
         with self._cond:
             req = self._requests.get(ctrl.request_id)
         if req is None:
@@ -340,19 +343,15 @@ class EncoderOutputSender:
             return False
         req.acked = req.handle.acked_offset = o
         h = req.plan.header(req.request_id, o // cap, o, cap, ctrl.inline_bytes)
+        self._send_data(req, h)
         if ctrl.flags & PULL_DATA_ONLY:
-            self._send_data(req, h)
-        elif h.last:
-            self._send_data(req, h)
-            if ctrl.flags & PULL_DESCRIBE_NEXT:
-                self._answer_next(ctrl)
-        elif ctrl.flags & PULL_PUSH:
-            self._push_rest(req, h, ctrl)
-        else:
-            self._send_data(req, h)
+            return False
+        if not h.last:
             nxt = o + h.token_count
             req.described = nxt
             self._send_chunk_header(req, req.plan.header(req.request_id, nxt // cap, nxt, cap, ctrl.inline_bytes))
+        elif ctrl.flags & PULL_DESCRIBE_NEXT:
+            self._answer_next(ctrl)
         return False
 
     def _send_data(self, req: _Request, h: ChunkHeader) -> None:
@@ -362,14 +361,16 @@ class EncoderOutputSender:
         works = self._isend_many(msgs, self.data_tag)
         self._count_data(req, h, sum(m.numel() * m.element_size() for m in msgs), len(works))
 
-    def _push_rest(self, req: _Request, h: ChunkHeader, ctrl: Control) -> None:
-        """The data of chunk `h`, then every later chunk: header, data. All are posted now, in one
-        batch for the completion thread; gloo sends each message only once the receiver posted its
-        receive, which the receiver does a chunk at a time, so its memory bound holds and no pull
-        round trip (nor any work of ours) sits between two chunks."""
+    def _push(self, req: _Request, h: ChunkHeader, ctrl: Control) -> None:
+        """Post every message of the request whose first header is `h`, in order: each chunk's
+        header, then its data. One batch for the completion thread. gloo sends a message only once
+        the receiver posted its receive, which the receiver does a chunk at a time (after the
+        previous one is acknowledged), so its memory bound holds and neither a pull round trip nor
+        any work of ours sits between two chunks."""
         cap = ctrl.capacity
         self._batch = []
         try:
+            self._send_chunk_header(req, h)
             self._send_data(req, h)
             while not h.last:
                 o = h.token_offset + h.token_count
@@ -456,7 +457,7 @@ class EncoderOutputSender:
     def _isend_many(self, tensors: list[torch.Tensor], tag: int) -> list:
         """Post sends, in order; their completion is tracked by the send-waiter thread (which keeps
         the tensors alive), handed over in one batch (one thread wake-up), or added to the batch
-        being collected (`_push_rest`)."""
+        being collected (`_push`)."""
         if self.device is not None:
             tensors = [t if t.device == self.device else t.to(self.device) for t in tensors]
         items = [(self._link.isend(t, tag), t, 0) for t in tensors]
