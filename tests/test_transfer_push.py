@@ -126,3 +126,64 @@ def test_closing_with_the_next_request_pushed_takes_it_off_the_wire(push):
     (close_s, chunks_sent), _ = run_ranks(_close_with_next_request_pushed, args=(push,), timeout=90)
     assert chunks_sent == (2 + 5 if push else 2)  # pushed: request 1 whole; pulled: nothing of it
     assert close_s < 3  # a send still pending would hold close() until its 10 s deadline
+
+
+def _mixed_request():
+    """64 tokens in 4 chunks of 16: text only / 16 visual rows / 2 visual rows / text only."""
+    from _dist import IMAGE_ID
+
+    from hf_qwen3_deepstack.encoder_output import EncoderOutput
+
+    base = random_output(8, 1, 64, 0, hidden=32)
+    ids = base.input_ids.clone()
+    ids[0, 16:32] = IMAGE_ID
+    ids[0, 40:42] = IMAGE_ID
+    g = torch.Generator().manual_seed(9)
+    return EncoderOutput(input_ids=ids, position_ids=base.position_ids, rope_deltas=base.rope_deltas,
+                         visual_embeds=torch.randn(18, 32, generator=g),
+                         deepstack_visual_embeds=torch.randn(3, 18, 32, generator=g),
+                         attention_mask=base.attention_mask, image_token_id=IMAGE_ID, video_token_id=None)
+
+
+def _large_chunks_pulled(rank, streaming):
+    """With a 2000-byte push limit, chunk 1 (16 rows x 4 x 32 fp32 = 8 KB) is sent when pulled, and
+    so is every chunk after it (their data must reach gloo in the order it is received)."""
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    want = _mixed_request()
+    if rank == 0:
+        from hf_qwen3_deepstack.transfer import sender
+
+        sender.PUSH_LIMIT = 2000
+        tx = EncoderOutputSender(1, timeout=20)
+        tx.send(0, want)
+        tx.send(1, want)
+        tx.close()
+        return tx.stats.payload_bytes_resent
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=20)
+    controls = []
+    for rid in (0, 1):
+        before = rx.ctrl_bytes_sent
+        if streaming:
+            chunks = [(c.input_ids.clone(), c.visual_embeds.clone(), c.deepstack_visual_embeds.clone())
+                      for c in rx.recv_chunks()]
+            assert torch.equal(torch.cat([c[0] for c in chunks]), want.input_ids.reshape(-1))
+            assert torch.equal(torch.cat([c[1] for c in chunks]), want.visual_embeds)
+            assert torch.equal(torch.cat([c[2] for c in chunks], 1), want.deepstack_visual_embeds)
+        else:
+            got_id, got = rx.recv()
+            assert got_id == rid
+            assert_same(got, want)
+        controls.append((rx.ctrl_bytes_sent - before) // 128)
+    rx.close()
+    return controls
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["recv", "recv_chunks"])
+def test_pushed_request_pulls_its_large_chunks_and_every_one_after(streaming):
+    resent, controls = run_ranks(_large_chunks_pulled, args=(streaming,), timeout=90)
+    assert resent == 0
+    # per request: a pull each for chunks 1, 2 and 3 (the last one also asks for the next request),
+    # and the final acknowledgement; chunk 0 was pushed (its describe was sent with the previous
+    # request's last pull, or is the first control message: counted for request 0)
+    assert controls == [1 + 3 + 1, 3 + 1]

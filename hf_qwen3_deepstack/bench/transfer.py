@@ -369,6 +369,25 @@ def chart(res: dict, path: str) -> bool:
     return True
 
 
+def _await_result(results, procs: list, timeout: float) -> dict:
+    """The receiving rank's result; a rank that dies (its traceback is printed above) or a run
+    longer than `timeout` ends the benchmark with a clear error instead of a silent wait."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return results.get(timeout=2)
+        except queue.Empty:
+            dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                why = (", ".join(f"rank {r} exited with code {c}" for r, c in dead) if dead
+                       else f"no result within {timeout:g} s")
+                raise SystemExit(f"[bench transfer] failed: {why}")
+
+
 def main(args: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
@@ -383,7 +402,7 @@ def main(args: argparse.Namespace) -> int:
     procs = [ctx.Process(target=_worker, args=(r, port, cfg, results)) for r in range(2)]
     for p in procs:
         p.start()
-    res = results.get(timeout=1800)
+    res = _await_result(results, procs, timeout=1800)
     for p in procs:
         p.join(60)
     table = render(res, cfg)

@@ -53,6 +53,7 @@ FLAG_LAST = 2
 FLAG_PACKED = 4  # ints + embeddings in one uint8 message (small chunks)
 FLAG_INLINE = 8  # the (packed) data follows the header in the same message
 FLAG_INTS = 16  # the chunk's int section follows the header in the same message; its data is the rows
+FLAG_PULLED = 32  # in a pushed request: this chunk's data is sent when pulled (see PUSH_LIMIT in chunking)
 
 # sender error codes (KIND_ERROR headers)
 ERR_UNKNOWN_REQUEST = 1
@@ -163,6 +164,10 @@ class ChunkHeader:
     @property
     def ints_inline(self) -> bool:
         return bool(self.flags & FLAG_INTS)
+
+    @property
+    def pulled(self) -> bool:
+        return bool(self.flags & FLAG_PULLED)
 
     def to_bytes(self) -> bytearray:
         return _seal(self, HEADER_WORDS)

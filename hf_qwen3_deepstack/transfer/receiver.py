@@ -20,7 +20,7 @@ from .chunking import (
     empty_result,
     inline_result,
     int_numel,
-    pushed_data_sizes,
+    data_sizes,
     scatter_chunk,
     split_ints,
     token_id,
@@ -483,6 +483,8 @@ class EncoderOutputReceiver:
             if h.inline and (not (h.first and h.last) or h.int_bytes + h.embed_bytes > self.inline_bytes):
                 raise mismatch(rid, "flags", h.flags, f"inline data only for a one-chunk request of at most "
                                f"{self.inline_bytes} bytes", offset)
+            if h.pulled and h.inline:
+                raise mismatch(rid, "flags", h.flags, "inline data or data sent when pulled, not both", offset)
             if h.ints_inline and (h.inline or h.packed or h.int_bytes > self.inline_bytes):
                 raise mismatch(rid, "flags", h.flags, f"an int section with the header only when it fits "
                                f"{self.inline_bytes} bytes, without inline or packed data", offset)
@@ -552,15 +554,24 @@ class EncoderOutputReceiver:
                 self.payload_bytes_received += h.int_bytes
         items = [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets]
         act.stage = "await_payload"
-        if act.pushed:  # the sender sent the whole request unasked: only receives to post
-            if h.last:
+        if act.pushed:  # the sender sent the whole request unasked (large data: when pulled)
+            pull = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
+                           capacity=self.capacity_tokens, inline_bytes=self.inline_bytes)
+            if h.last:  # with the next request's describe (the header prefetch)
                 act.payload = ch.data_waiter.submit_many(items)
-                self._pull(ch, self._describe_next())  # prefetch the next request's first header
+                if h.pulled:
+                    pull.flags = PULL_DESCRIBE_NEXT | PULL_PUSH
+                    self._pull(ch, pull)
+                else:
+                    self._pull(ch, self._describe_next())
             else:  # and the next chunk's header, on the same thread (one wake-up)
                 self._wait_posted(ch)
                 items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
                 pend = ch.data_waiter.submit_many(items)
                 act.payload, ch.header = pend[:-1], pend[-1]
+                if h.pulled:
+                    pull.flags = PULL_DATA_ONLY
+                    self._send_ctrl(ch, pull)
             return
         act.payload = ch.data_waiter.submit_many(items)
         ctrl = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
@@ -624,7 +635,7 @@ class EncoderOutputReceiver:
                     h = ch.parse_header(NEXT)
                     if h.kind != KIND_CHUNK:
                         raise TransferError(f"header kind {h.kind} while draining")
-                sizes = pushed_data_sizes(h)
+                sizes = [] if h.pulled else data_sizes(h)  # (a pulled chunk's data was not asked for)
                 if sum(sizes) > max(1 << 30, 4 * self.staging_nbytes):
                     raise TransferError(f"{sum(sizes)} bytes of pushed data to drain")
                 self._wait_posted(ch)

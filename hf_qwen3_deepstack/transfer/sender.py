@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ..encoder_output import EncoderOutput
 from ._wait import Pending, Waiter, block_on, is_cuda, remaining
-from .chunking import SendPlan
+from .chunking import PUSH_LIMIT, SendPlan, data_sizes
 from .link import PeerLink
 from .protocol import (
     CONTROL_WORDS,
@@ -23,6 +23,7 @@ from .protocol import (
     ERROR_NAMES,
     FLAG_INLINE,
     FLAG_INTS,
+    FLAG_PULLED,
     HEADER_BYTES,
     KIND_ACK,
     KIND_BYE,
@@ -87,7 +88,8 @@ class _Request:
     plan: SendPlan
     handle: SendHandle
     acked: int = 0  # tokens acknowledged by the receiver
-    sent_upto: int = 0  # end of the furthest chunk whose data was sent
+    sent: set[int] = field(default_factory=set)  # offsets of the chunks whose data was sent
+    pulled: bool = False  # pushed, but from some chunk on its data is sent when pulled
     described: int = -1  # offset of the furthest chunk whose header was sent
 
 
@@ -363,21 +365,27 @@ class EncoderOutputSender:
 
     def _push(self, req: _Request, h: ChunkHeader, ctrl: Control) -> None:
         """Post every message of the request whose first header is `h`, in order: each chunk's
-        header, then its data. One batch for the completion thread. gloo sends a message only once
-        the receiver posted its receive, which the receiver does a chunk at a time (after the
-        previous one is acknowledged), so its memory bound holds and neither a pull round trip nor
-        any work of ours sits between two chunks."""
+        header, then its data, unless that is over `PUSH_LIMIT` (then flagged `FLAG_PULLED` and sent
+        when pulled, as is every later chunk's). One batch for the completion thread. gloo sends a message only once the
+        receiver posted its receive, which the receiver does a chunk at a time (after the previous
+        one is acknowledged), so its memory bound holds and neither a pull round trip nor any work
+        of ours sits between two pushed chunks."""
         cap = ctrl.capacity
         self._batch = []
         try:
-            self._send_chunk_header(req, h)
-            self._send_data(req, h)
-            while not h.last:
+            while True:
+                # after one pulled chunk all are: data messages must be posted in the order received
+                if req.pulled or sum(data_sizes(h)) > PUSH_LIMIT:
+                    h.flags |= FLAG_PULLED
+                    req.pulled = True
+                self._send_chunk_header(req, h)
+                if not h.pulled:
+                    self._send_data(req, h)
+                if h.last:
+                    break
                 o = h.token_offset + h.token_count
                 h = req.plan.header(req.request_id, o // cap, o, cap, ctrl.inline_bytes)
                 req.described = o
-                self._send_chunk_header(req, h)
-                self._send_data(req, h)
         finally:
             batch, self._batch = self._batch, None
             self._sends.extend(self._send_waiter.submit_many(batch))
@@ -421,11 +429,11 @@ class EncoderOutputSender:
     def _count_data(self, req: _Request, h: ChunkHeader, nbytes: int, messages: int) -> None:
         s = self.stats
         self._count_payload(req.request_id, nbytes)
-        if h.token_offset < req.sent_upto:
+        if h.token_offset in req.sent:
             s.payload_bytes_resent += nbytes
         s.chunks_sent += 1
         s.messages_sent += messages
-        req.sent_upto = max(req.sent_upto, h.token_offset + h.token_count)
+        req.sent.add(h.token_offset)
 
     def _count_payload(self, request_id: int, nbytes: int) -> None:
         s = self.stats
