@@ -1,4 +1,5 @@
-"""Encoder side: `EncoderOutputSender` answers the receiver's pulls with chunks of retained requests."""
+"""Encoder side: `EncoderOutputSender` answers the receiver's pulls with chunks of retained requests
+(or sends a whole request at once when the receiver asks for pushes)."""
 
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ class EncoderOutputSender:
     Requests are retained until the receiver acknowledged all their tokens. A background worker
     answers the receiver's pulls; `isend` returns at once (blocking only while `max_in_flight`
     requests are unacknowledged), `send` waits for the acknowledgement.
-    `on_chunk(request_id, token_offset, token_count)` is called before each chunk goes out.
+    `on_chunk(request_id, token_offset, token_count)` is called before each chunk's data is posted
+    (for a pushed request, when the request is described; for a pulled chunk, when pulled).
     """
 
     def __init__(
