@@ -59,23 +59,30 @@ def test_a_chunk_rejected_mid_request_leaves_the_channel_in_step(push):
     assert (rid, field) == (3, "row_offset") and f"token offset {CAP}" in msg
 
 
+def _fails_then_closes(tx, handle):
+    """Sender side: `handle` must fail with PeerClosed (the receiver closed first); then time
+    `tx.close()`. Returns (close seconds, chunks sent)."""
+    from hf_qwen3_deepstack.transfer import PeerClosed
+
+    try:
+        handle.wait()
+        raise AssertionError(f"request {handle.request_id} completed although the receiver closed")
+    except PeerClosed:
+        pass
+    t0 = time.monotonic()
+    tx.close()
+    return time.monotonic() - t0, tx.stats.chunks_sent
+
+
 def _close_mid_request(rank, push):
     """The receiver takes chunk 0 of 6, then closes; the sender must fail the request with
     PeerClosed and close promptly (nothing it pushed stays pending)."""
-    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender, PeerClosed
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
 
     out = random_output(5, 1, 6 * CAP, 50, hidden=64)
     if rank == 0:
         tx = EncoderOutputSender(1, timeout=10)
-        handle = tx.isend(5, out)
-        try:
-            handle.wait()
-            raise AssertionError("request completed although the receiver closed")
-        except PeerClosed:
-            pass
-        t0 = time.monotonic()
-        tx.close()
-        return time.monotonic() - t0, tx.stats.chunks_sent
+        return _fails_then_closes(tx, tx.isend(5, out))
     rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=10, push=push)
     chunk = next(rx.recv_chunks())
     assert chunk.token_offset == 0 and torch.equal(chunk.input_ids, out.input_ids.reshape(-1)[:CAP])
@@ -96,21 +103,14 @@ def _close_with_next_request_pushed(rank, push):
     """The receiver takes request 0, then closes while request 1 (several chunks) is already on
     its way (described by the prefetch sent with request 0's last chunk): close() must take it off
     the wire, the sender fail it with PeerClosed and close promptly."""
-    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender, PeerClosed
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
 
     outs = [random_output(6, 1, 2 * CAP, 10, hidden=64), random_output(7, 1, 5 * CAP, 40, hidden=64)]
     if rank == 0:
         tx = EncoderOutputSender(1, timeout=10)
         handles = [tx.isend(i, out) for i, out in enumerate(outs)]
         handles[0].wait()
-        try:
-            handles[1].wait()
-            raise AssertionError("request 1 completed although the receiver closed")
-        except PeerClosed:
-            pass
-        t0 = time.monotonic()
-        tx.close()
-        return time.monotonic() - t0, tx.stats.chunks_sent
+        return _fails_then_closes(tx, handles[1])
     rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=10, push=push)
     rid, got = rx.recv()
     assert rid == 0
