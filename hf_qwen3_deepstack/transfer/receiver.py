@@ -541,7 +541,8 @@ class EncoderOutputReceiver:
 
     def _request_data(self, act: _Active, resend: bool = False) -> None:
         """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
-        then pull it: the sender only sends into receives that are already posted."""
+        then pull it: the sender only sends into receives that are already posted. In a pushed
+        request only a `FLAG_PULLED` chunk is pulled; posting the receives asks for the others."""
         ch, h = act.ch, act.header
         act.views = views = (direct_views(self._staging, h, act.rows, act.int_block) if act.result is not None
                              else staging_views(self._staging, h))
