@@ -555,9 +555,9 @@ class EncoderOutputReceiver:
                 self.payload_bytes_received += h.int_bytes
         items = [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets]
         act.stage = "await_payload"
+        pull = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
+                       inline_bytes=self.inline_bytes)
         if act.pushed:  # the sender sent the whole request unasked (large data: when pulled)
-            pull = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked,
-                           capacity=self.capacity_tokens, inline_bytes=self.inline_bytes)
             if h.last:  # with the next request's describe (the header prefetch)
                 act.payload = ch.data_waiter.submit_many(items)
                 if h.pulled:
@@ -575,13 +575,11 @@ class EncoderOutputReceiver:
                     self._send_ctrl(ch, pull)
             return
         act.payload = ch.data_waiter.submit_many(items)
-        ctrl = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
-                       inline_bytes=self.inline_bytes)
         if resend or ch.header is not None:  # the next header is here or on its way already
-            ctrl.flags = PULL_DATA_ONLY
+            pull.flags = PULL_DATA_ONLY
         elif h.last:
-            ctrl.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
-        self._pull(ch, ctrl, expect_header=not ctrl.flags & PULL_DATA_ONLY)
+            pull.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
+        self._pull(ch, pull, expect_header=not pull.flags & PULL_DATA_ONLY)
 
     def _await_payload(self, act: _Active, deadline: float) -> None:
         """Wait for the chunk's data; a sender's refusal (ERROR header) ends the wait early."""

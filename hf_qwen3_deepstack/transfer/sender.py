@@ -90,7 +90,6 @@ class _Request:
     handle: SendHandle
     acked: int = 0  # tokens acknowledged by the receiver
     sent: set[int] = field(default_factory=set)  # offsets of the chunks whose data was sent
-    pulled: bool = False  # pushed, but from some chunk on its data is sent when pulled
     described: int = -1  # offset of the furthest chunk whose header was sent
 
 
@@ -368,18 +367,18 @@ class EncoderOutputSender:
     def _push(self, req: _Request, h: ChunkHeader, ctrl: Control) -> None:
         """Post every message of the request whose first header is `h`, in order: each chunk's
         header, then its data, unless that is over `PUSH_LIMIT` (then flagged `FLAG_PULLED` and sent
-        when pulled, as is every later chunk's). One batch for the completion thread. gloo sends a message only once the
-        receiver posted its receive, which the receiver does a chunk at a time (after the previous
-        one is acknowledged), so its memory bound holds and neither a pull round trip nor any work
-        of ours sits between two pushed chunks."""
+        when pulled, as is every later chunk's). One batch for the completion thread. gloo sends a
+        message only once the receiver posted its receive, which the receiver does a chunk at a
+        time (after the previous one is acknowledged), so its memory bound holds and neither a pull
+        round trip nor any work of ours sits between two pushed chunks."""
         cap = ctrl.capacity
+        pulled = False  # after one pulled chunk all are: data must be posted in the order received
         self._batch = []
         try:
             while True:
-                # after one pulled chunk all are: data messages must be posted in the order received
-                if req.pulled or sum(data_sizes(h)) > PUSH_LIMIT:
+                pulled = pulled or sum(data_sizes(h)) > PUSH_LIMIT
+                if pulled:
                     h.flags |= FLAG_PULLED
-                    req.pulled = True
                 self._send_chunk_header(req, h)
                 if not h.pulled:
                     self._send_data(req, h)
