@@ -70,6 +70,30 @@ def test_roles_and_schedule():
         Roles(0, 4, 2, 1)
 
 
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_every_encoder_language_pair_gets_a_data_group_of_its_own_on_nccl(monkeypatch, backend):
+    """With CUDA each pair's payloads go over a 2-rank cpu:gloo,cuda:nccl group (one NCCL stream
+    per pair: eager-initialized torch runs a group's point-to-point operations on one stream); on
+    CPU one gloo group carries every pair."""
+    from hf_qwen3_deepstack.runtime import roles as roles_module
+
+    made = []
+
+    def new_group(ranks, backend):
+        made.append((tuple(ranks), backend))
+        return len(made) - 1
+
+    monkeypatch.setattr(roles_module.dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(roles_module.dist, "new_group", new_group)
+    groups = roles_module.make_groups(Roles(0, 5, 2, 3))
+    data = {made[g] for g in {groups.data_for(e, lm) for e in (0, 1) for lm in (2, 3, 4)}}
+    if backend == "gloo":
+        assert data == {((0, 1, 2, 3, 4), "gloo")}
+    else:
+        assert data == {((e, lm), "cpu:gloo,cuda:nccl") for e in (0, 1) for lm in (2, 3, 4)}
+        assert made[groups.data_for(1, 3)] == ((1, 3), "cpu:gloo,cuda:nccl")
+
+
 def test_percentile_matches_torch():
     vals = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4]
     t = torch.tensor(vals, dtype=torch.float64)

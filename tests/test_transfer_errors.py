@@ -221,10 +221,35 @@ def test_peer_outside_the_group_is_a_clear_error_at_construction():
     assert "peer rank 7" in messages[0] and "peer rank 1" in messages[2]
 
 
+def _group_without_cpu_backend(rank):
+    """Like a group created with backend="nccl": nothing carries host tensors."""
+    import torch.distributed as dist
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    group = dist.new_group([0, 1], backend="cuda:gloo")
+    make = (lambda: EncoderOutputSender(1, group)) if rank == 0 else (
+        lambda: EncoderOutputReceiver(0, group, capacity_tokens=8))
+    try:
+        make()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_a_group_without_a_cpu_backend_is_a_clear_error_at_construction():
+    """Headers and control messages are host tensors: a group that cannot carry them (NCCL only)
+    is refused before any thread starts, with the backend string that fixes it."""
+    messages = run_ranks(_group_without_cpu_backend, timeout=60)
+    for m in messages:
+        assert m is not None and "has no CPU backend" in m and "backend='cpu:gloo,cuda:nccl'" in m, messages
+
+
 @pytest.mark.parametrize("device,inline_bytes", [("cuda", 1024), ("cpu", -1)])
-def test_an_inline_allowance_nccl_cannot_honour_is_a_clear_error_at_construction(device, inline_bytes):
-    """NCCL matches every message to a receive of exactly its size: a CUDA receiver cannot accept
-    data after a header. Raised before any process group or device is touched."""
+def test_an_inline_allowance_a_cuda_receiver_cannot_honour_is_a_clear_error_at_construction(device, inline_bytes):
+    """Headers arrive in host memory (over the group's CPU backend): a CUDA receiver cannot take
+    data after a header, since its data must land on the device. Raised before any process group
+    or device is touched."""
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver
 
     with pytest.raises(ValueError, match=f"inline_bytes={inline_bytes} on device {device}"):

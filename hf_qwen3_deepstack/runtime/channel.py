@@ -7,6 +7,9 @@ both sides symmetrically: a pair that only ever exchanged error control messages
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
@@ -15,15 +18,15 @@ from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSend
 class Outbox:
     """Encoder side: one sender per language peer, non-blocking sends."""
 
-    def __init__(self, group, timeout_s: float):
-        self.group = group
+    def __init__(self, group_for: Callable[[int], Any], timeout_s: float):
+        self.group_for = group_for  # language peer -> the pair's data group
         self.timeout_s = timeout_s
         self._senders: dict[int, EncoderOutputSender] = {}
 
     def isend(self, peer: int, index: int, out):
         sender = self._senders.get(peer)
         if sender is None:
-            sender = self._senders[peer] = EncoderOutputSender(peer, self.group, timeout=self.timeout_s)
+            sender = self._senders[peer] = EncoderOutputSender(peer, self.group_for(peer), timeout=self.timeout_s)
         return sender.isend(index, out)
 
     def close(self) -> None:
@@ -34,8 +37,8 @@ class Outbox:
 class Inbox:
     """Language side: one receiver per encoder peer (the control message says which peer is next)."""
 
-    def __init__(self, group, capacity_tokens: int, device: torch.device, timeout_s: float):
-        self.group = group
+    def __init__(self, group_for: Callable[[int], Any], capacity_tokens: int, device: torch.device, timeout_s: float):
+        self.group_for = group_for  # encoder peer -> the pair's data group
         self.capacity_tokens = capacity_tokens
         self.device = device
         self.timeout_s = timeout_s
@@ -45,7 +48,7 @@ class Inbox:
         receiver = self._receivers.get(peer)
         if receiver is None:
             receiver = self._receivers[peer] = EncoderOutputReceiver(
-                peer, self.group, capacity_tokens=self.capacity_tokens, device=self.device, timeout=self.timeout_s
+                peer, self.group_for(peer), capacity_tokens=self.capacity_tokens, device=self.device, timeout=self.timeout_s
             )
         return receiver.recv()
 

@@ -28,7 +28,7 @@ def run_encoder(ctx) -> None:
     roles, groups, args, requests = ctx.roles, ctx.groups, ctx.args, ctx.requests
     processor, encoder = load_encoder(ctx.model, ctx.dtype, ctx.device)
     max_pos = max_positions(ctx.lm_model)
-    outbox = Outbox(groups.data, timeout_s=args.timeout)
+    outbox = Outbox(lambda lm: groups.data_for(roles.rank, lm), timeout_s=args.timeout)
     ctx.log(f"loaded encoder from {ctx.model}")
     ctx.ready()
 

@@ -19,7 +19,8 @@ from .results import ResultWriter, error_result, format_summary, ok_result
 def run_lm(ctx) -> None:
     roles, groups, args, requests = ctx.roles, ctx.groups, ctx.args, ctx.requests
     tokenizer, lm = load_lm(ctx.model, ctx.dtype, ctx.device)
-    inbox = Inbox(groups.data, capacity_tokens=args.capacity_tokens, device=ctx.device, timeout_s=args.timeout)
+    inbox = Inbox(lambda encoder: groups.data_for(encoder, roles.rank), capacity_tokens=args.capacity_tokens,
+                  device=ctx.device, timeout_s=args.timeout)
     ctx.log(f"loaded language model from {ctx.model}")
 
     writer = None

@@ -9,12 +9,17 @@ Groups (created with `dist.new_group`, in the same order on every rank):
   with any-source receives and CPU tensors even when the data plane is NCCL.
 - `results`: gloo, language ranks only. Non-leader replicas ship finished result lines
   (UTF-8 JSON bytes, never pickles) to the leader, which writes the output file.
-- `data`: all ranks (gloo on CPU, NCCL for CUDA tensors), used by `hf_qwen3_deepstack.transfer` for the EncoderOutput payloads.
+- data: used by `hf_qwen3_deepstack.transfer` for the EncoderOutput payloads (`data_for`). On CPU
+  one gloo group of all ranks. With CUDA one ``cpu:gloo,cuda:nccl`` group per (encoder, language)
+  pair: with eager initialization (`device_id`) torch runs every point-to-point operation of a
+  group on one NCCL stream, in posting order, so two pairs sharing a group could each wait on the
+  other (encoder 0 sending to language 2 while language 2 waits for encoder 1, which waits for
+  language 3...). One group per pair gives each pair its own stream, as the protocol assumes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.distributed as dist
@@ -85,7 +90,12 @@ class Groups:
     lms: Any
     ctrl: Any
     results: Any
-    data: Any
+    data: Any  # CPU: the data group of every pair (None with CUDA)
+    data_pairs: dict[tuple[int, int], Any] = field(default_factory=dict)  # CUDA: (encoder, lm) -> group
+
+    def data_for(self, encoder: int, lm: int) -> Any:
+        """The group carrying the payloads from global rank `encoder` to global rank `lm`."""
+        return self.data_pairs[(encoder, lm)] if self.data_pairs else self.data
 
 
 def make_groups(roles: Roles) -> Groups:
@@ -95,7 +105,12 @@ def make_groups(roles: Roles) -> Groups:
     lms = dist.new_group(roles.lm_ranks, backend=backend)
     ctrl = dist.new_group(list(range(roles.world_size)), backend="gloo")
     results = dist.new_group(roles.lm_ranks, backend="gloo")
-    # transfer's messages are tensors on the data's device: gloo for CPU, NCCL for CUDA tensors
-    data_backend = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
-    data = dist.new_group(list(range(roles.world_size)), backend=data_backend)
-    return Groups(encoders=encoders, lms=lms, ctrl=ctrl, results=results, data=data)
+    groups = Groups(encoders=encoders, lms=lms, ctrl=ctrl, results=results, data=None)
+    if backend != "nccl":
+        groups.data = dist.new_group(list(range(roles.world_size)), backend="gloo")
+        return groups
+    # the transfer's headers and control messages are host tensors (gloo), its data CUDA tensors (NCCL)
+    for e in roles.encoder_ranks:
+        for lm in roles.lm_ranks:
+            groups.data_pairs[(e, lm)] = dist.new_group([e, lm], backend="cpu:gloo,cuda:nccl")
+    return groups

@@ -1,10 +1,12 @@
 """Resumable chunked transfer of `EncoderOutput` over torch.distributed point-to-point.
 
-The same code runs on gloo (CPU tensors) and NCCL (CUDA tensors): every message is a tensor on
-the data's device, sent point-to-point on the process group (`ProcessGroup.send`/`recv`, what
-`dist.isend`/`dist.irecv` call, without their per-call Python; `link.py`), so a group created with
-``backend="cpu:gloo,cuda:nccl"`` picks the backend by device. No sockets of our own, no pickle:
-headers are fixed-size int64 tensors, validated before any data is received.
+The same code runs on gloo (CPU tensors) and NCCL (CUDA tensors): every message is a tensor sent
+point-to-point on the process group (`ProcessGroup.send`/`recv`, what `dist.isend`/`dist.irecv`
+call, without their per-call Python; `link.py`), which picks the backend by the tensor's device.
+Headers and control messages are host tensors (the group's CPU backend, gloo); chunk data is on
+the data's device. On GPUs create the group with ``backend="cpu:gloo,cuda:nccl"`` (see Devices).
+No sockets of our own, no pickle: headers are fixed-size int64 tensors, validated before any
+data is received.
 
 Pairwise use::
 
@@ -19,8 +21,9 @@ Pairwise use::
 
 Protocol (pull-based; whole requests pushed on gloo; `protocol.py` formats, `chunking.py` layout)
 -----------------------------------------------------------------------------------------------
-Three tags per channel: control (receiver -> sender), headers and data (sender -> receiver). The
-sender never sends data into a receive that is not posted yet: on gloo a late-posted receive costs
+Three tags per channel: control (receiver -> sender) and headers (sender -> receiver), host
+tensors on the group's CPU backend, and data (sender -> receiver) on the data's device. On gloo
+the sender never sends data into a receive that is not posted yet: a late-posted receive costs
 an extra rendezvous round trip that, measured, about doubles the time of a multi-MB message.
 
 * **Describe.** The receiver posts the receive of a header, then sends ``PULL(NEXT, capacity,
@@ -29,8 +32,8 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   tokens, B, S, N, visual row offset/count, K, H, dtype codes, image/video token ids, flags,
   section sizes, CRC-32 checksum. A request that is one chunk of at most `inline_bytes` data bytes comes
   **inline**, in the same message as its header (gloo only: it accepts a message shorter than the
-  posted receive, so the receiver posts ``256 + inline_bytes`` bytes; NCCL needs exact sizes,
-  so CUDA receivers use ``inline_bytes=0``). A small request is then one message end to end.
+  posted receive, so the receiver posts ``256 + inline_bytes`` bytes; headers arrive in host
+  memory, so CUDA receivers use ``inline_bytes=0``). A small request is then one message end to end.
   Any other chunk header carries its chunk's int section in the same message when that fits
   `inline_bytes` (``FLAG_INTS``): the receiver copies it out (into the result or staging) before
   the next header can land in that buffer, and the chunk's data is then its rows alone.
@@ -56,8 +59,7 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   Otherwise the last chunk's receives go out with the ``PULL(NEXT)`` that prefetches the next
   request. A request dropped part-way (rejected, or the receiver closing) is received
   into scratch memory and discarded, so no send of it stays pending and the channel stays in
-  step. CUDA receivers pull every chunk (`push=False`): an NCCL send posted ahead would hold up
-  the operations queued behind it on the pair's stream.
+  step. CUDA receivers pull every chunk (`push=False`), as pushing only pays on gloo.
 * Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
   tokens) and the visual-embedding and deepstack rows of the visual tokens among them, token-major
   (n, 1+K, H): each visual row followed by its K deepstack rows, so a chunk's rows are one block.
@@ -138,9 +140,29 @@ Each encoder rank uses one `EncoderOutputSender` per language rank it serves.
 
 Devices
 -------
-CPU tensors -> gloo, CUDA tensors -> NCCL (same calls). For CUDA pass ``device=`` to both ends
-(the sender's control buffers are allocated before its first request). Completion of CUDA works is
-polled with `is_completed()`; NCCL itself has not been exercised by the tests (CPU-only CI).
+CPU tensors -> gloo, CUDA tensors -> NCCL (same calls). Headers, pulls and acknowledgements are
+always host tensors, so on GPUs the group needs both backends: ``backend="cpu:gloo,cuda:nccl"``
+(a group without a CPU backend is refused at construction, naming that fix). Only chunk data
+goes over NCCL, which ignores tags and runs every operation between two ranks one after another
+on one stream: a control receive queued there would hold up the data behind it, and the pull it
+waits for could never arrive. The data messages themselves are posted in the same order on both
+ends (a chunk's receives, its pull, its sends), so they match one to one. Further rules on CUDA:
+
+* The receiver sends a chunk's pull before posting its data receives: without eager
+  initialization NCCL creates a pair's communicator inside the first operation of each side,
+  which blocks until the peer's first one, and the sender's first one answers that pull.
+* torch runs every point-to-point operation of an eagerly initialized group (``device_id`` given
+  to `init_process_group`) on one stream, whatever the peer. Use one group per (sender,
+  receiver) pair when ranks talk to several peers, as `hf-qwen3-deepstack run` does; else two
+  pairs may each wait on the other.
+* The sender records an event on the caller's current stream at `isend` and makes its sending
+  thread's stream wait for it, so the encoder may produce its output on any stream. Completion
+  of NCCL works is polled with `is_completed()` (data complete on the GPU) before a chunk is
+  used or acknowledged; gloo works are waited for. Pass ``device=`` to the receiver.
+
+CI has no GPU: the NCCL ordering rules (one stream per pair, tags ignored, the first operation
+blocking until the peer's) are emulated on gloo in `tests/test_transfer_nccl_ordering.py`, and
+NCCL itself has not been exercised by the tests.
 
 Shutdown
 --------
@@ -154,8 +176,8 @@ their threads are done, so the group can be destroyed right after, without a bar
 Threads: the sender runs a control-reader thread (it keeps the next control receive posted while
 answering) and a send-completion thread; the receiver two waiter threads per peer, one for
 headers and control sends and one for data (gloo works cannot be polled and `wait(timeout)`
-closes a gloo connection on expiry). On gloo the data waiter, idle once a request's data is here,
-also posts the request's final acknowledgement, so `recv()` returns without paying for it; the
+closes a gloo connection on expiry). The data waiter, idle once a request's data is here, also
+posts the request's final acknowledgement, so `recv()` returns without paying for it; the
 next control message waits until it is posted, so the order on the wire is kept.
 """
 

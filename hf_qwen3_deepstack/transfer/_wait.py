@@ -4,7 +4,9 @@ gloo point-to-point works cannot be polled (`is_completed()` stays False until `
 `wait(timeout=...)` on gloo closes the connection when it expires. So each channel owns one
 daemon thread that blocks on its works in FIFO order; callers wait on an Event with their own
 deadline. An expired deadline leaves the work posted: waiting again later picks up where it was,
-which is what makes timeouts resumable. CUDA (NCCL) works are polled with `is_completed()`.
+which is what makes timeouts resumable. CUDA (NCCL) works are polled with `is_completed()`:
+a work counts as CUDA when the tensor it reads or writes (`keep`, which every submitted item
+names) is on a CUDA device, so one thread can complete gloo and NCCL works alike.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch
 class Pending:
     """One posted work. `event` is set when it completed (or failed: `error`)."""
 
-    __slots__ = ("work", "keep", "event", "error", "nbytes")
+    __slots__ = ("work", "keep", "cuda", "event", "error", "nbytes")
 
-    def __init__(self, work, keep: object = None, nbytes: int = 0):
+    def __init__(self, work, keep: torch.Tensor | None = None, nbytes: int = 0):
         self.work = work
-        self.keep = keep  # tensors the work reads/writes, kept alive until completion
+        self.keep = keep  # the tensor the work reads/writes, kept alive until completion
+        self.cuda = keep is not None and keep.is_cuda  # NCCL: poll, never block in wait()
         self.event = threading.Event()
         self.error: BaseException | None = None
         self.nbytes = nbytes
@@ -46,18 +49,17 @@ class Waiter:
     """A daemon thread completing works in submission order; notifies `cond` after each batch
     (and at once on a failure). It can also post the works itself (`submit_posting`)."""
 
-    def __init__(self, name: str, cond: threading.Condition | None = None, cuda: bool = False):
+    def __init__(self, name: str, cond: threading.Condition | None = None):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._cond = cond
-        self._cuda = cuda
         self.posted = threading.Event()  # clear while a `submit_posting` job has not posted yet
         self.posted.set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit_many(self, items: list[tuple]) -> list[Pending]:
-        """Hand over several already-posted works `(work, keep, nbytes)` in one queue item: the
-        thread is woken once (each wake-up is a GIL hand-off that stalls the posting thread)."""
+        """Hand over several already-posted works `(work, keep, nbytes)` in one queue item (`keep`:
+        the tensor the work reads or writes): the thread is woken once (each wake-up is a GIL hand-off that stalls the posting thread)."""
         ps = [Pending(w, k, n) for w, k, n in items]
         self._q.put(ps)
         return ps
@@ -87,6 +89,7 @@ class Waiter:
                 try:
                     for p, (work, keep, nbytes) in zip(batch, post(), strict=True):
                         p.work, p.keep, p.nbytes = work, keep, nbytes
+                        p.cuda = keep is not None and keep.is_cuda
                 except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
                     for p in batch:
                         p.error = e
@@ -97,7 +100,7 @@ class Waiter:
                     self.posted.set()
             for p in batch:
                 try:
-                    block_on(p.work, self._cuda)
+                    block_on(p.work, p.cuda)
                 except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
                     p.error = e
                 p.keep = None

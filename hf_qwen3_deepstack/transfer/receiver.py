@@ -6,12 +6,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
 from ..encoder_output import EncoderOutput
-from ._wait import Pending, Waiter, is_cuda, remaining, wait_all
+from ._wait import Pending, Waiter, remaining, wait_all
 from .chunking import (
     ChunkViews,
     count_visual,
@@ -93,21 +94,22 @@ class EncoderOutputChunk:
 class _Channel:
     """Per-peer state: header buffer, the outstanding header receive, waiter threads."""
 
-    def __init__(self, link: PeerLink, device: torch.device, cond: threading.Condition, inline_bytes: int):
+    def __init__(self, link: PeerLink, cond: threading.Condition, inline_bytes: int):
         self.peer = link.peer
         self.link = link
-        # a header, or a first header + the whole (small) request inline
-        self.header_buf = torch.empty(HEADER_BYTES + inline_bytes, dtype=torch.uint8, device=device)
+        # a header, or a first header + the whole (small) request inline; host memory on every
+        # device (headers and control messages travel on the group's CPU backend)
+        self.header_buf = torch.empty(HEADER_BYTES + inline_bytes, dtype=torch.uint8)
         # headers and control sends complete on one thread, data on another: a refused pull (ERROR
         # header) is seen while its data receives are still posted
-        self.header_waiter = Waiter(f"rx-hdr-{self.peer}", cond, cuda=is_cuda(device))
-        self.data_waiter = Waiter(f"rx-data-{self.peer}", cond, cuda=is_cuda(device))
+        self.header_waiter = Waiter(f"rx-hdr-{self.peer}", cond)
+        self.data_waiter = Waiter(f"rx-data-{self.peer}", cond)
         self.header: Pending | None = None  # outstanding header receive
         self.closed = False  # sender said BYE
         self.broken: BaseException | None = None
 
     def parse_header(self, request_id: int) -> ChunkHeader:
-        return ChunkHeader.from_tensor(self.header_buf[:HEADER_BYTES].view(torch.int64).cpu(), request_id)
+        return ChunkHeader.from_tensor(self.header_buf[:HEADER_BYTES].view(torch.int64), request_id)
 
     def stop(self, timeout: float | None = None) -> None:
         self.header_waiter.stop(timeout)
@@ -144,8 +146,9 @@ class EncoderOutputReceiver:
     """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring).
 
     `inline_bytes`: data bytes a header's message may carry after it (a whole one-chunk request, or
-    a chunk's int section): default 1 MiB on CPU/gloo; must be 0 on CUDA (NCCL needs exact message
-    sizes; a ValueError otherwise); 0 always asks header, then data.
+    a chunk's int section): default 1 MiB on CPU/gloo; must be 0 on CUDA (headers arrive in host
+    memory, over the group's CPU backend, and a CUDA receiver's data lands on its device; a
+    ValueError otherwise); 0 always asks header, then data.
     `push`: asking for the next request, ask the sender to send all of it (every chunk's header and
     data) without further pulls; each message still leaves only when this side posts its receive
     (gloo's rendezvous), a chunk at a time. Default: on for CPU/gloo, off for CUDA (there every
@@ -182,16 +185,17 @@ class EncoderOutputReceiver:
         self.dtype = dtype
         self.max_batch_size = max_batch_size
         self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
-        if inline_bytes is None:  # gloo accepts a message shorter than the posted receive; NCCL does not
+        if inline_bytes is None:  # data after a header lands in host memory: CPU receivers only
             inline_bytes = INLINE_BYTES if self.device.type == "cpu" else 0
         if inline_bytes < 0 or (inline_bytes and self.device.type != "cpu"):
             raise ValueError(f"inline_bytes={inline_bytes} on device {self.device}: it must be 0 for CUDA receivers "
-                             "(NCCL needs every message to match its receive's exact size) and >= 0 on CPU")
+                             "(headers arrive in host memory, data must land on the device) and >= 0 on CPU")
         self.inline_bytes = inline_bytes
         self.push = self.device.type == "cpu" if push is None else push
+        self._ask_first = self.device.type == "cuda"  # see _request_data
         self._cond = threading.Condition()
         links = [PeerLink(p, group) for p in peers]  # every peer checked before any thread starts
-        self._channels = [_Channel(link, self.device, self._cond, inline_bytes) for link in links]
+        self._channels = [_Channel(link, self._cond, inline_bytes) for link in links]
         self._rr = 0
         self._active: _Active | None = None
         self._staging: torch.Tensor | None = None
@@ -541,8 +545,11 @@ class EncoderOutputReceiver:
 
     def _request_data(self, act: _Active, resend: bool = False) -> None:
         """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
-        then pull it: the sender only sends into receives that are already posted. In a pushed
-        request only a `FLAG_PULLED` chunk is pulled; posting the receives asks for the others."""
+        then pull it: on gloo the sender only sends into receives that are already posted. In a
+        pushed request only a `FLAG_PULLED` chunk is pulled; posting the receives asks for the others.
+        CUDA receivers ask first and post after: NCCL may create the pair's communicator in the
+        first data operation of each side, which blocks until the peer's first one, and the
+        sender's waits for the ask (an NCCL send waits on the GPU for its receive anyway)."""
         ch, h = act.ch, act.header
         act.views = views = (direct_views(self._staging, h, act.rows, act.int_block) if act.result is not None
                              else staging_views(self._staging, h))
@@ -553,33 +560,39 @@ class EncoderOutputReceiver:
                 views.ints.copy_(ch.header_buf[HEADER_BYTES : HEADER_BYTES + h.int_bytes].view(torch.int64))
                 self.bytes_received += h.int_bytes
                 self.payload_bytes_received += h.int_bytes
-        items = [(self._irecv(ch, t, self.data_tag), None, t.numel() * t.element_size()) for t in targets]
         act.stage = "await_payload"
         pull = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
                        inline_bytes=self.inline_bytes)
+        next_header = False  # the next chunk's header receive goes with the data (same thread, one wake-up)
         if act.pushed:  # the sender sent the whole request unasked (large data: when pulled)
-            if h.last:  # with the next request's describe (the header prefetch)
-                act.payload = ch.data_waiter.submit_many(items)
-                if h.pulled:
-                    pull.flags = PULL_DESCRIBE_NEXT | PULL_PUSH
-                    self._pull(ch, pull)
-                else:
-                    self._pull(ch, self._describe_next())
-            else:  # and the next chunk's header, on the same thread (one wake-up)
-                self._wait_posted(ch)
-                items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
-                pend = ch.data_waiter.submit_many(items)
-                act.payload, ch.header = pend[:-1], pend[-1]
-                if h.pulled:
-                    pull.flags = PULL_DATA_ONLY
-                    self._send_ctrl(ch, pull)
-            return
-        act.payload = ch.data_waiter.submit_many(items)
-        if resend or ch.header is not None:  # the next header is here or on its way already
-            pull.flags = PULL_DATA_ONLY
-        elif h.last:
-            pull.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
-        self._pull(ch, pull, expect_header=not pull.flags & PULL_DATA_ONLY)
+            if h.last and h.pulled:  # with the next request's describe (the header prefetch)
+                pull.flags = PULL_DESCRIBE_NEXT | PULL_PUSH
+                ask = partial(self._pull, ch, pull)
+            elif h.last:
+                ask = partial(self._pull, ch, self._describe_next())
+            else:
+                next_header = True
+                pull.flags = PULL_DATA_ONLY
+                ask = partial(self._send_ctrl, ch, pull) if h.pulled else None
+        else:
+            if resend or ch.header is not None:  # the next header is here or on its way already
+                pull.flags = PULL_DATA_ONLY
+            elif h.last:
+                pull.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
+            ask = partial(self._pull, ch, pull, expect_header=not pull.flags & PULL_DATA_ONLY)
+        ask_first = ask is not None and self._ask_first
+        if ask_first:
+            ask()
+        items = [(self._irecv(ch, t, self.data_tag), t, t.numel() * t.element_size()) for t in targets]
+        if next_header:
+            self._wait_posted(ch)
+            items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
+        pend = ch.data_waiter.submit_many(items)
+        act.payload = pend[: len(targets)]
+        if next_header:
+            ch.header = pend[-1]
+        if ask is not None and not ask_first:
+            ask()
 
     def _await_payload(self, act: _Active, deadline: float) -> None:
         """Wait for the chunk's data; a sender's refusal (ERROR header) ends the wait early."""
@@ -680,14 +693,8 @@ class EncoderOutputReceiver:
         else:
             ctrl = Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
                            done_request_id=act.request_id, done_total=act.first.total_tokens)
-        if self.device.type != "cpu":  # NCCL calls stay on this thread
-            if describe:
-                self._pull(ch, ctrl)
-            else:
-                self._send_ctrl(ch, ctrl)
-            return True
-        # gloo: the data waiter (idle now: all data is here) posts the final message, so recv()
-        # returns without paying for it; later control messages wait until it is posted (order)
+        # the data waiter (idle now: all data is here) posts the final message, so recv() returns
+        # without paying for it; later control messages wait until it is posted (order)
         t, buf = self._control_tensor(ctrl), ch.header_buf
 
         def post() -> list[tuple]:
@@ -757,11 +764,8 @@ class EncoderOutputReceiver:
             ch.data_waiter.posted.wait(self.timeout)
 
     def _control_tensor(self, ctrl: Control) -> torch.Tensor:
-        t = ctrl.to_tensor()
-        if self.device.type != "cpu":
-            t = t.to(self.device)
         self.ctrl_bytes_sent += CONTROL_WORDS * 8
-        return t
+        return ctrl.to_tensor()
 
     def _isend_ctrl(self, ch: _Channel, t: torch.Tensor) -> tuple:
         return ch.link.isend(t, self.ctrl_tag), t, 0

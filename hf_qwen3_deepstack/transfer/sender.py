@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..encoder_output import EncoderOutput
-from ._wait import Pending, Waiter, block_on, is_cuda, remaining
+from ._wait import Pending, Waiter, block_on, remaining
 from .chunking import PUSH_LIMIT, SendPlan, data_sizes
 from .link import PeerLink
 from .protocol import (
@@ -88,6 +88,7 @@ class _Request:
     request_id: int
     plan: SendPlan
     handle: SendHandle
+    ready: torch.cuda.Event | None = None  # CUDA: the request's tensors are written (caller's stream)
     acked: int = 0  # tokens acknowledged by the receiver
     sent: set[int] = field(default_factory=set)  # offsets of the chunks whose data was sent
     described: int = -1  # offset of the furthest chunk whose header was sent
@@ -147,7 +148,7 @@ class EncoderOutputSender:
         self._dead: BaseException | None = None
         self._sends: list[Pending] = []  # issued sends not yet known complete
         self._batch: list[tuple] | None = None  # sends being collected for one hand-over (a push)
-        self._send_waiter = Waiter(f"tx-send-{peer}", cuda=is_cuda(self.device))
+        self._send_waiter = Waiter(f"tx-send-{peer}")
         self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
         self._reader.start()
 
@@ -192,7 +193,7 @@ class EncoderOutputSender:
             if request_id in self._requests or request_id < 0:
                 raise TransferError(f"{req_name(request_id)}: request id already in flight or negative", request_id,
                                     "request_id")
-            req = _Request(request_id, plan, handle)
+            req = _Request(request_id, plan, handle, ready=_ready_event(plan.rows))
             self._requests[request_id] = req
             self._unstarted.append(req)
             if self._pending_next is not None:  # the receiver is waiting: answer from here
@@ -246,18 +247,16 @@ class EncoderOutputSender:
 
     # ------------------------------------------------------------------ threads
     def _read_loop(self) -> None:
-        cuda = is_cuda(self.device)
-
-        def post() -> tuple:
-            buf = torch.empty(CONTROL_WORDS, dtype=torch.int64, device=self.device if cuda else "cpu")
+        def post() -> tuple:  # control messages are host tensors on every device (the CPU backend)
+            buf = torch.empty(CONTROL_WORDS, dtype=torch.int64)
             return self._link.irecv(buf, self.ctrl_tag), buf
 
         try:
             nxt = post()
             while True:
                 work, buf = nxt
-                block_on(work, cuda)
-                ctrl = Control.from_tensor(buf.cpu())
+                block_on(work, False)
+                ctrl = Control.from_tensor(buf)
                 # the next receive is posted before answering: the receiver's next control message
                 # (sent as soon as our answer lands) then never waits for a late-posted receive
                 nxt = post() if ctrl.kind != KIND_CLOSE else None
@@ -360,6 +359,8 @@ class EncoderOutputSender:
     def _send_data(self, req: _Request, h: ChunkHeader) -> None:
         if self.on_chunk is not None:
             self.on_chunk(req.request_id, h.token_offset, h.token_count)
+        if req.ready is not None:  # NCCL orders its stream after this thread's current stream
+            torch.cuda.current_stream(req.plan.rows.device).wait_event(req.ready)
         msgs = req.plan.messages(h)
         works = self._isend_many(msgs, self.data_tag)
         self._count_data(req, h, sum(m.numel() * m.element_size() for m in msgs), len(works))
@@ -466,9 +467,11 @@ class EncoderOutputSender:
     def _isend_many(self, tensors: list[torch.Tensor], tag: int) -> list:
         """Post sends, in order; their completion is tracked by the send-waiter thread (which keeps
         the tensors alive), handed over in one batch (one thread wake-up), or added to the batch
-        being collected (`_push`)."""
-        if self.device is not None:
-            tensors = [t if t.device == self.device else t.to(self.device) for t in tensors]
+        being collected (`_push`). Headers go as host tensors (the group's CPU backend), data on
+        the data's device."""
+        device = self.device if tag == self.data_tag else _CPU
+        if device is not None:
+            tensors = [t if t.device == device else t.to(device) for t in tensors]
         items = [(self._link.isend(t, tag), t, 0) for t in tensors]
         if self._batch is not None:
             self._batch.extend(items)
@@ -476,6 +479,20 @@ class EncoderOutputSender:
         ps = self._send_waiter.submit_many(items)
         self._sends.extend(ps)
         return ps
+
+
+_CPU = torch.device("cpu")
+
+
+def _ready_event(t: torch.Tensor) -> torch.cuda.Event | None:
+    """CUDA: an event on the caller's current stream, after the work that wrote the request (and
+    `SendPlan.build`'s interleave); the sending thread's stream waits for it (NCCL then waits
+    for that stream), whichever stream the encoder ran on."""
+    if not t.is_cuda:
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(t.device))
+    return event
 
 
 def _as_transfer_error(e: BaseException, peer: int) -> TransferError:
