@@ -59,7 +59,8 @@ class Waiter:
 
     def submit_many(self, items: list[tuple]) -> list[Pending]:
         """Hand over several already-posted works `(work, keep, nbytes)` in one queue item (`keep`:
-        the tensor the work reads or writes): the thread is woken once (each wake-up is a GIL hand-off that stalls the posting thread)."""
+        the tensor the work reads or writes): the thread is woken once (each wake-up is a GIL
+        hand-off that stalls the posting thread)."""
         ps = [Pending(w, k, n) for w, k, n in items]
         self._q.put(ps)
         return ps
@@ -128,7 +129,3 @@ def wait_all(pendings: list[Pending], deadline: float) -> bool:
         if p.error is not None:
             raise p.error
     return True
-
-
-def is_cuda(device: torch.device | str | None) -> bool:
-    return device is not None and torch.device(device).type == "cuda"

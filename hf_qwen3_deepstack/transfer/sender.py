@@ -170,6 +170,7 @@ class EncoderOutputSender:
     def isend(self, request_id: int, output: EncoderOutput, timeout: float | None = None) -> SendHandle:
         """Queue `output` as request `request_id`; returns a handle (`wait()`, `done()`)."""
         plan = SendPlan.build(output)
+        ready = _ready_event(plan.rows)
         if self.device is None:
             self.device = output.input_ids.device
         handle = SendHandle(request_id, plan.total, self.timeout)
@@ -193,7 +194,7 @@ class EncoderOutputSender:
             if request_id in self._requests or request_id < 0:
                 raise TransferError(f"{req_name(request_id)}: request id already in flight or negative", request_id,
                                     "request_id")
-            req = _Request(request_id, plan, handle, ready=_ready_event(plan.rows))
+            req = _Request(request_id, plan, handle, ready=ready)
             self._requests[request_id] = req
             self._unstarted.append(req)
             if self._pending_next is not None:  # the receiver is waiting: answer from here
