@@ -25,7 +25,7 @@ def _fake_sender(rank, corrupt):
 
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, HeaderMismatch
     from hf_qwen3_deepstack.transfer.chunking import SendPlan
-    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS, FLAG_INTS, FLAG_PACKED
+    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS, FLAG_CUDA, FLAG_INTS, FLAG_PACKED
 
     if rank == 0:
         ctrl = torch.empty(CONTROL_WORDS, dtype=torch.int64)
@@ -37,6 +37,9 @@ def _fake_sender(rank, corrupt):
             words = h.to_tensor()
         elif corrupt == "flags":  # int section with the header and packed data: never both
             h.flags |= FLAG_INTS | FLAG_PACKED
+            words = h.to_tensor()
+        elif corrupt == "cuda_data":  # a CUDA sender's header, to a CPU receiver
+            h.flags |= FLAG_CUDA
             words = h.to_tensor()
         else:
             words = h.to_tensor()
@@ -51,12 +54,15 @@ def _fake_sender(rank, corrupt):
     raise AssertionError("no HeaderMismatch")
 
 
-@pytest.mark.parametrize("corrupt", ["magic", "version", "token_offset", "flags"])
+@pytest.mark.parametrize("corrupt", ["magic", "version", "token_offset", "flags", "cuda_data"])
 def test_wrong_header_names_request_and_field(corrupt):
     _, (kind, msg, rid, field) = run_ranks(_fake_sender, args=(corrupt,), timeout=60)
     assert kind == "HeaderMismatch"
-    assert field == corrupt and f"'{corrupt}'" in msg
+    want = "flags" if corrupt == "cuda_data" else corrupt
+    assert field == want and f"'{want}'" in msg
     assert rid == 5 and "request 5" in msg
+    if corrupt == "cuda_data":  # a sender and a receiver on different devices: said at once, not a timeout
+        assert "data on cuda" in msg and "data on cpu, this receiver's device" in msg and "device=" in msg, msg
 
 
 def _refusing_sender(rank):

@@ -159,6 +159,9 @@ ends (a chunk's receives, its pull, its sends), so they match one to one. Furthe
   thread's stream wait for it, so the encoder may produce its output on any stream. Completion
   of NCCL works is polled with `is_completed()` (data complete on the GPU) before a chunk is
   used or acknowledged; gloo works are waited for. Pass ``device=`` to the receiver.
+* Headers say where the data is (``FLAG_CUDA``): a receiver on the other device type rejects the
+  request at once (`HeaderMismatch` naming ``flags``, saying both devices) instead of waiting
+  for data that travels on another backend.
 
 CI has no GPU: the NCCL ordering rules (one stream per pair, tags ignored, the first operation
 blocking until the peer's) are emulated on gloo in `tests/test_transfer_nccl_ordering.py`, and

@@ -33,6 +33,7 @@ from .protocol import (
     CODE_DTYPES,
     EMBED_DTYPES,
     FLAG_FIRST,
+    FLAG_CUDA,
     FLAG_INTS,
     FLAG_LAST,
     FLAG_PACKED,
@@ -72,6 +73,7 @@ class SendPlan:
     mask: torch.Tensor | None  # (T,) int64 (wire form of any integer/bool mask)
     rope: torch.Tensor  # (B,) int64
     rows: torch.Tensor  # (N, 1+K, H) token-major, contiguous
+    cuda: bool = False  # the data travels as CUDA tensors (FLAG_CUDA); set by the sender from its device
     _vis_cumsum: torch.Tensor | None = None  # (T,) int64 visual tokens up to flat position t (lazy)
     _rows_at: dict[int, int] = field(default_factory=dict)  # rows_before(t) of chunk boundaries seen
 
@@ -151,7 +153,7 @@ class SendPlan:
             mask_dtype=NONE_ID if out.attention_mask is None else dtype_code(out.attention_mask.dtype),
             image_token_id=_id(out.image_token_id),
             video_token_id=_id(out.video_token_id),
-            flags=(FLAG_FIRST if first else 0) | (FLAG_LAST if last else 0),
+            flags=(FLAG_FIRST if first else 0) | (FLAG_LAST if last else 0) | (FLAG_CUDA if self.cuda else 0),
             capacity=capacity,
         )
         h.int_bytes = 8 * int_numel(h)

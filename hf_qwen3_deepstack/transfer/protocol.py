@@ -54,6 +54,7 @@ FLAG_PACKED = 4  # ints + embeddings in one uint8 message (small chunks)
 FLAG_INLINE = 8  # the (packed) data follows the header in the same message
 FLAG_INTS = 16  # the chunk's int section follows the header in the same message; its data is the rows
 FLAG_PULLED = 32  # in a pushed request: this chunk's data is sent when pulled (see PUSH_LIMIT in chunking)
+FLAG_CUDA = 64  # the chunk data travels as CUDA tensors (NCCL); the receiver's device must be CUDA too
 
 # sender error codes (KIND_ERROR headers)
 ERR_UNKNOWN_REQUEST = 1
@@ -168,6 +169,10 @@ class ChunkHeader:
     @property
     def pulled(self) -> bool:
         return bool(self.flags & FLAG_PULLED)
+
+    @property
+    def data_device_type(self) -> str:
+        return "cuda" if self.flags & FLAG_CUDA else "cpu"
 
     def to_bytes(self) -> bytearray:
         return _seal(self, HEADER_WORDS)

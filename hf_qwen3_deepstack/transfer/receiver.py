@@ -450,6 +450,10 @@ class EncoderOutputReceiver:
                     expect_field(h, name, want, 0)
             if self.dtype is not None:
                 expect_field(h, "embed_dtype", dtype_code(self.dtype), 0)
+            if h.data_device_type != self.device.type:  # else its data could never match our receives
+                raise mismatch(rid, "flags", f"{h.flags} (data on {h.data_device_type})",
+                               f"data on {self.device.type}, this receiver's device (give the receiver a "
+                               f"device= of the sender's data device type)", 0)
             if h.batch_size > self.max_batch_size:
                 raise mismatch(rid, "batch_size", h.batch_size, f"<= max_batch_size={self.max_batch_size}", 0)
             if h.total_tokens != h.batch_size * h.seq_len or min(h.batch_size, h.seq_len, h.num_visual) < 0:

@@ -173,6 +173,7 @@ class EncoderOutputSender:
         ready = _ready_event(plan.rows)
         if self.device is None:
             self.device = output.input_ids.device
+        plan.cuda = self.device.type == "cuda"  # headers say so: a receiver on another device refuses
         handle = SendHandle(request_id, plan.total, self.timeout)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._cond:
