@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 import torch
 
 MAGIC = 0x5157334453544B31  # b"QW3DSTK1"
-VERSION = 5
+VERSION = 6  # 6: FLAG_CUDA (control and headers on the CPU backend on every device)
 HEADER_WORDS = 32
 HEADER_BYTES = 8 * HEADER_WORDS
 CONTROL_WORDS = 16
