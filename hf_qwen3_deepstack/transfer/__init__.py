@@ -59,7 +59,7 @@ an extra rendezvous round trip that, measured, about doubles the time of a multi
   Otherwise the last chunk's receives go out with the ``PULL(NEXT)`` that prefetches the next
   request. A request dropped part-way (rejected, or the receiver closing) is received
   into scratch memory and discarded, so no send of it stays pending and the channel stays in
-  step. CUDA receivers pull every chunk (`push=False`), as pushing only pays on gloo.
+  step. CUDA receivers pull every chunk by default (`push=False`): pushing pays on gloo.
 * Chunk data: an int64 section (rope deltas on the first chunk; ids, 3-D positions, mask of its
   tokens) and the visual-embedding and deepstack rows of the visual tokens among them, token-major
   (n, 1+K, H): each visual row followed by its K deepstack rows, so a chunk's rows are one block.
@@ -145,8 +145,8 @@ always host tensors, so on GPUs the group needs both backends: ``backend="cpu:gl
 (a group without a CPU backend is refused at construction, naming that fix). Only chunk data
 goes over NCCL, which ignores tags and runs every operation between two ranks one after another
 on one stream: a control receive queued there would hold up the data behind it, and the pull it
-waits for could never arrive. The data messages themselves are posted in the same order on both
-ends (a chunk's receives, its pull, its sends), so they match one to one. Further rules on CUDA:
+waits for could never arrive. The data messages are posted in the same order on both ends,
+chunk after chunk, so they match one to one. Further rules on CUDA:
 
 * The receiver sends a chunk's pull before posting its data receives: without eager
   initialization NCCL creates a pair's communicator inside the first operation of each side,
