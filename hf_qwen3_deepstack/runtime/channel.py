@@ -48,7 +48,8 @@ class Inbox:
         receiver = self._receivers.get(peer)
         if receiver is None:
             receiver = self._receivers[peer] = EncoderOutputReceiver(
-                peer, self.group_for(peer), capacity_tokens=self.capacity_tokens, device=self.device, timeout=self.timeout_s
+                peer, self.group_for(peer), capacity_tokens=self.capacity_tokens, device=self.device,
+                timeout=self.timeout_s,
             )
         return receiver.recv()
 
