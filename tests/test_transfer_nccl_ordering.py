@@ -178,13 +178,15 @@ def _resumes(rank, push):
         pass
     kept += [c.visual_embeds.clone() for c in rx.resume(1)]  # chunk 2 again: pulled, or from staging
     assert torch.equal(torch.cat(kept), want.visual_embeds)
-    try:
-        rx.recv(timeout=0.5)
-        raise AssertionError("expected a TransferTimeout while chunk 2's data is held back")
-    except TransferTimeout as e:
-        assert (e.request_id, e.offset) == (2, 16)
-    _, got = rx.recv()  # the data receive stayed posted: the same chunk, not asked for again
-    assert_same(got, want, "request 2")
+    timeouts = []
+    while True:  # chunk 2's data is held back 1.5 s: recv() times out there, then resumes it
+        try:
+            _, got = rx.recv(timeout=0.5)
+            break
+        except TransferTimeout as e:
+            timeouts.append((e.request_id, e.offset))
+    assert (2, 16) in timeouts and set(timeouts) <= {(2, 0), (2, 8), (2, 16)}, timeouts
+    assert_same(got, want, "request 2")  # the data receive stayed posted: the chunk was not asked for again
     rx.close()
     return None
 
