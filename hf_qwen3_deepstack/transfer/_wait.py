@@ -25,11 +25,14 @@ class Pending:
     __slots__ = ("work", "keep", "cuda", "event", "error", "nbytes")
 
     def __init__(self, work, keep: torch.Tensor | None = None, nbytes: int = 0):
+        self.bind(work, keep, nbytes)
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+
+    def bind(self, work, keep: torch.Tensor | None, nbytes: int) -> None:
         self.work = work
         self.keep = keep  # the tensor the work reads/writes, kept alive until completion
         self.cuda = keep is not None and keep.is_cuda  # NCCL: poll, never block in wait()
-        self.event = threading.Event()
-        self.error: BaseException | None = None
         self.nbytes = nbytes
 
     def done(self) -> bool:
@@ -88,9 +91,8 @@ class Waiter:
             if isinstance(batch, tuple):  # (post, pendings): post the works here first
                 post, batch = batch
                 try:
-                    for p, (work, keep, nbytes) in zip(batch, post(), strict=True):
-                        p.work, p.keep, p.nbytes = work, keep, nbytes
-                        p.cuda = keep is not None and keep.is_cuda
+                    for p, item in zip(batch, post(), strict=True):
+                        p.bind(*item)
                 except BaseException as e:  # noqa: BLE001 - reported to the waiting caller
                     for p in batch:
                         p.error = e

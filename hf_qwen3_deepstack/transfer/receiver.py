@@ -588,13 +588,7 @@ class EncoderOutputReceiver:
         if ask_first:
             ask()
         items = [(self._irecv(ch, t, self.data_tag), t, t.numel() * t.element_size()) for t in targets]
-        if next_header:
-            self._wait_posted(ch)
-            items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
-        pend = ch.data_waiter.submit_many(items)
-        act.payload = pend[: len(targets)]
-        if next_header:
-            ch.header = pend[-1]
+        act.payload = self._submit_data(ch, items, next_header)
         if ask is not None and not ask_first:
             ask()
 
@@ -654,21 +648,27 @@ class EncoderOutputReceiver:
                 sizes = [] if h.pulled else data_sizes(h)  # (a pulled chunk's data was not asked for)
                 if sum(sizes) > max(1 << 30, 4 * self.staging_nbytes):
                     raise TransferError(f"{sum(sizes)} bytes of pushed data to drain")
-                self._wait_posted(ch)
                 scratch = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
                 items = [(self._irecv(ch, t, self.data_tag), t, t.numel()) for t in scratch]
-                if not h.last:
-                    items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
-                pend = ch.data_waiter.submit_many(items)  # (the waiter iterates this very list)
-                if not h.last:
-                    ch.header, pend = pend[-1], pend[:-1]
-                if not wait_all(pend, deadline):
+                if not wait_all(self._submit_data(ch, items, not h.last), deadline):
                     raise TransferError("pushed chunk data not drained within the timeout")
                 if h.last:
                     return
                 h = None
         except Exception as e:  # noqa: BLE001 - out of step with the sender: the channel is unusable
             ch.broken = ch.broken or e
+
+    def _submit_data(self, ch: _Channel, items: list[tuple], next_header: bool) -> list[Pending]:
+        """Hand posted data receives to the data waiter, with the receive of the next chunk's
+        header when `next_header` (same thread, one wake-up); returns the data's pendings."""
+        if next_header:
+            self._wait_posted(ch)
+            items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
+        pend = ch.data_waiter.submit_many(items)
+        if not next_header:
+            return pend
+        ch.header = pend[-1]
+        return pend[:-1]  # a copy: the waiter iterates `pend` itself
 
     def _timeout(self, act: _Active) -> TransferTimeout:
         what = "chunk header" if act.stage == "await_header" else "chunk data"
