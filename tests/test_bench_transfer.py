@@ -1,6 +1,7 @@
 """`bench transfer` runs end to end and its bytes-on-the-wire table is exact: headers, control
 messages, per-token ints and visual rows, measured from the transfer's own counters."""
 
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,10 @@ def test_bench_transfer_reports_every_table_and_exact_wire_bytes(tmp_path):
     assert len(throughput) == 2 and len(cpu) == 2
     for line in throughput + cpu:  # every measured figure is a positive number
         assert all(float(cell) > 0 for cell in line.strip("| ").split(" | ")[2 if line in throughput else 1:])
-    assert "64 KB one-way latency" in table
+    latency = next(line for line in lines if line.startswith("64 KB one-way latency"))
+    figures = re.findall(r"(\d+) us", latency)  # ours, raw, and the floor of a resumable receiver
+    assert len(figures) == 3 and all(int(f) > 0 for f in figures), latency
+    assert "Floor of a resumable receiver" in latency
     # one 1024-token image (S = 1124, K = 3, bf16): data = 1124 tokens x 5 int64 + 1 rope delta + 1024 x 4 x H x 2;
     # plus a 256-byte header per chunk and the sender's goodbye, and 128 bytes per control message:
     # the describe (answered with every chunk header at once), a pull per chunk (chunks of several MB

@@ -3,7 +3,10 @@
 For each payload size it measures, on the receiving rank, (a) our `send`/`recv` throughput with
 one chunk per request (capacity = whole request) and (b) chunked (capacity = 1/4 of the
 request's tokens), (c) raw `dist.send` of one contiguous tensor of the same bytes, and 64 KB
-one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock).
+one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock) of
+ours, of raw, and of the floor of any receiver that can time out and resume on gloo (one
+message completed by a waiter thread; see `_latency_floor`), which splits ours into what that
+design costs and what our per-request work adds.
 Methods run back to back in each of `--rounds` rounds; ratios are medians of the per-round
 ratios (the host's speed drifts between runs; a paired ratio cancels most of it), GB/s columns
 medians over rounds. It also reports the CPU time per request of both processes together (all
@@ -169,6 +172,50 @@ def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
     return statistics.median(lat)
 
 
+def _latency_floor(rank: int, out, iters: int, tag: int) -> float | None:
+    """The floor of any receiver on gloo that can time out and resume (see `transfer/_wait.py`):
+    the same 64 KB as one message, assembled with one concatenation behind a 256-byte header,
+    completed by a waiter thread while the caller waits on a condition with a deadline, and its
+    header parsed. What ours adds on top is its own per-request work."""
+    import threading
+
+    import torch.distributed as dist
+
+    from ..transfer._wait import Waiter, wait_all
+    from ..transfer.link import PeerLink
+    from ..transfer.protocol import HEADER_BYTES, ChunkHeader
+
+    link = PeerLink(1 - rank)
+    stamp = torch.zeros(1, dtype=torch.float64)
+    go = torch.zeros(1, dtype=torch.float64)
+    header = ChunkHeader(request_id=0).to_bytes()
+    ints = [out.rope_deltas, out.input_ids, out.position_ids, out.attention_mask]  # as ours sends them
+    body = torch.cat([t.reshape(-1) for t in ints]).view(torch.uint8)
+    rows = out.visual_rows().reshape(-1).view(torch.uint8)
+    if rank == 0:
+        for _ in range(iters):
+            dist.recv(go, 1)
+            stamp[0] = time.perf_counter()
+            msg = torch.cat([torch.frombuffer(header, dtype=torch.uint8), body, rows])
+            link.isend(msg, tag).wait()
+            dist.send(stamp, 1)
+        return None
+    waiter = Waiter("floor", threading.Condition())
+    buf = torch.empty(HEADER_BYTES + (1 << 20), dtype=torch.uint8)
+    lat = []
+    for _ in range(iters):
+        pending = waiter.submit_many([(link.irecv(buf, tag), buf, 0)])
+        dist.send(go, 0)
+        if not wait_all(pending, time.monotonic() + 60):
+            raise RuntimeError("floor message not received within 60 s")
+        ChunkHeader.from_tensor(buf[:HEADER_BYTES].view(torch.int64))
+        t1 = time.perf_counter()
+        dist.recv(stamp, 0)
+        lat.append(t1 - float(stamp[0]))
+    waiter.stop(10)
+    return statistics.median(lat)
+
+
 def _latency_ours(rank: int, out, iters: int, tag: int) -> float | None:
     import torch.distributed as dist
 
@@ -243,16 +290,19 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
             rows.append(dict(size=size, nbytes=nbytes, tokens=total, visual=out.num_visual_tokens, reps=reps,
                              **med, **ratios))
     out = make_payload(64 << 10, cfg["hidden"], cfg["levels"])
-    lat_ours, lat_raw = [], []
+    lat_ours, lat_raw, lat_floor = [], [], []
     for _ in range(cfg["rounds"]):
         tag += 10
         lat_ours.append(_latency_ours(rank, out, cfg["latency_iters"], tag))
         lat_raw.append(_latency_raw(rank, wire_payload_bytes(out), cfg["latency_iters"]))
+        lat_floor.append(_latency_floor(rank, out, cfg["latency_iters"], tag + 5))
     wire = _typical_prompt_wire(rank, cfg, tag + 10)
     dist.barrier()
     if rank == 1:
         results.put(dict(rows=rows, lat_ours=statistics.median(lat_ours), lat_raw=statistics.median(lat_raw),
-                         lat_ratio=statistics.median(o / r for o, r in zip(lat_ours, lat_raw)), wire=wire))
+                         lat_ratio=statistics.median(o / r for o, r in zip(lat_ours, lat_raw)),
+                         lat_floor=statistics.median(lat_floor),
+                         lat_floor_ratio=statistics.median(f / r for f, r in zip(lat_floor, lat_raw)), wire=wire))
     dist.destroy_process_group()
 
 
@@ -334,7 +384,9 @@ def render(res: dict, cfg: dict) -> str:
     lo, lr = res["lat_ours"], res["lat_raw"]
     lines += ["", f"64 KB one-way latency (median of {cfg['rounds']} rounds of per-message medians): ours "
                   f"{lo * 1e6:.0f} us, raw dist.send {lr * 1e6:.0f} us, ratio {res['lat_ratio']:.2f} (median of "
-                  "paired per-round ratios)", "",
+                  "paired per-round ratios). Floor of a resumable receiver on gloo (the same bytes as one message "
+                  "behind a header, completed by a waiter thread, header parsed; no per-request work of ours): "
+                  f"{res['lat_floor'] * 1e6:.0f} us, ratio {res['lat_floor_ratio']:.2f}", "",
               "Bytes on the wire per request, typical prompt (1 image = 1024 visual tokens, S = 1124, bf16, "
               f"K={cfg['levels']}); ours = headers + control + ids/positions/mask + visual rows:", "",
               "| model (H) | capacity | ours bytes | of which data | seeds' layout S x (1+K) x H x 2 | ours / seeds |",
