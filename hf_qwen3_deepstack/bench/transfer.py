@@ -4,7 +4,7 @@ For each payload size it measures, on the receiving rank, (a) our `send`/`recv` 
 one chunk per request (capacity = whole request) and (b) chunked (capacity = 1/4 of the
 request's tokens), (c) raw `dist.send` of one contiguous tensor of the same bytes, and 64 KB
 one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock) of
-ours, of raw, and of the floor of any receiver that can time out and resume on gloo (one
+ours, of raw, and of the floor of a receiver that can time out and resume on gloo (one
 message completed by a waiter thread; see `_latency_floor`), which splits ours into what that
 design costs and what our per-request work adds.
 Methods run back to back in each of `--rounds` rounds; ratios are medians of the per-round
@@ -173,7 +173,7 @@ def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
 
 
 def _latency_floor(rank: int, out, iters: int, tag: int) -> float | None:
-    """The floor of any receiver on gloo that can time out and resume (see `transfer/_wait.py`):
+    """The floor of a receiver on gloo that can time out and resume (see `transfer/_wait.py`):
     the same 64 KB as one message, assembled with one concatenation behind a 256-byte header,
     completed by a waiter thread while the caller waits on a condition with a deadline, and its
     header parsed. What ours adds on top is its own per-request work."""
