@@ -99,7 +99,8 @@ class SendPlan:
             raise TransferError("EncoderOutput has visual rows but no image/video token id", None, "image_token_id")
         mask = None
         if out.attention_mask is not None:
-            mask = out.attention_mask.reshape(-1).to(torch.int64)
+            mask = out.attention_mask.reshape(-1)
+            mask = mask if mask.dtype == torch.int64 else mask.to(torch.int64)
         return cls(
             output=out,
             ids=ids,
@@ -187,25 +188,24 @@ class SendPlan:
         if h.ints_inline:  # the int section went with the header
             return self._embed_parts(h)
         if h.packed:  # one memcpy of everything into one uint8 message
-            return [_bytes_of(self.int_section(h), self._embed_parts(h))]
+            return [_bytes_of(self._int_parts(h), self._embed_parts(h))]
         return [t for t in [self.int_section(h)] + self._embed_parts(h) if t.numel()]
 
     def header_message(self, h: ChunkHeader) -> torch.Tensor:
         """Header `h` as a message: int64 words, followed by the int section when `FLAG_INTS`."""
         if h.ints_inline:
-            return _bytes_of(self.int_section(h), [], h.to_bytes())
+            return _bytes_of(self._int_parts(h), [], h.to_bytes())
         return h.to_tensor()
 
     def inline_message(self, h: ChunkHeader) -> torch.Tensor:
         """Header and data of chunk `h` as one uint8 message (`FLAG_INLINE`, staging byte layout)."""
-        return _bytes_of(self.int_section(h), self._embed_parts(h), h.to_bytes())
+        return _bytes_of(self._int_parts(h), self._embed_parts(h), h.to_bytes())
 
 
-def _bytes_of(ints: torch.Tensor, embeds: list[torch.Tensor], header: bytearray | None = None) -> torch.Tensor:
-    """[header][int64 section][embedding parts] as one uint8 tensor (one copy)."""
+def _bytes_of(ints: list[torch.Tensor], embeds: list[torch.Tensor], header: bytearray | None = None) -> torch.Tensor:
+    """[header][int64 parts][embedding parts] as one uint8 tensor (one concatenation)."""
     pieces = [] if header is None else [torch.frombuffer(header, dtype=torch.uint8)]
-    pieces.append(ints.view(torch.uint8))
-    pieces += [t.reshape(-1).view(torch.uint8) for t in embeds]
+    pieces += [t.reshape(-1).contiguous().view(torch.uint8) for t in ints + embeds]
     return torch.cat(pieces)
 
 

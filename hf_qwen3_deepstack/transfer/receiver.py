@@ -62,6 +62,8 @@ from .protocol import (
 from .sender import DEFAULT_TAG
 
 _HEADER_FIELDS = [f.name for f in fields(ChunkHeader)]
+_SAME_AS_FIRST = ("total_tokens", "batch_size", "seq_len", "num_visual", "num_deepstack_levels", "hidden_size",
+                  "embed_dtype", "mask_dtype", "image_token_id", "video_token_id")  # every chunk agrees with the first
 INLINE_BYTES = 1 << 20  # default on CPU: one-chunk requests up to 1 MiB arrive in one message
 
 
@@ -475,8 +477,7 @@ class EncoderOutputReceiver:
             expect_field(h, "request_id", rid, offset)
             expect_field(h, "token_offset", offset, offset)
             expect_field(h, "token_count", min(self.capacity_tokens, first.total_tokens - offset), offset)
-            for name in ("total_tokens", "batch_size", "seq_len", "num_visual", "num_deepstack_levels", "hidden_size",
-                         "embed_dtype", "mask_dtype", "image_token_id", "video_token_id"):
+            for name in () if first is h else _SAME_AS_FIRST:
                 expect_field(h, name, getattr(first, name), offset)
             expect_field(h, "row_offset", rows, offset)
             if h.row_count < 0 or h.row_count > h.token_count or rows + h.row_count > first.num_visual:

@@ -147,6 +147,10 @@ class EncoderOutputSender:
         self._closing = False
         self._dead: BaseException | None = None
         self._sends: list[Pending] = []  # issued sends not yet known complete
+        # inline requests (one message each): their sends are reaped by the control thread once the
+        # receiver's next control message arrives, which it sends only after the message landed
+        # (no wake-up of the completion thread on the latency-critical path)
+        self._inline_sends: list[tuple[dist.Work, torch.Tensor]] = []
         self._batch: list[tuple] | None = None  # sends being collected for one hand-over (a push)
         self._send_waiter = Waiter(f"tx-send-{peer}")
         self._reader = threading.Thread(target=self._read_loop, name=f"tx-ctrl-{peer}", daemon=True)
@@ -239,6 +243,9 @@ class EncoderOutputSender:
                 self._cond.notify_all()
             self._reader.join(remaining(deadline))  # ends when the receiver's close() arrives
             # every send has completed (its thread is done with it) before the group may be destroyed
+            with self._cond:
+                inline, self._inline_sends = self._inline_sends, []
+            self._send_waiter.submit_many([(work, msg, 0) for work, msg in inline])
             self._send_waiter.stop(remaining(deadline))
 
     def __enter__(self) -> "EncoderOutputSender":
@@ -263,11 +270,18 @@ class EncoderOutputSender:
                 # (sent as soon as our answer lands) then never waits for a late-posted receive
                 nxt = post() if ctrl.kind != KIND_CLOSE else None
                 with self._cond:
+                    self._reap_inline_sends()
                     self._check_sends()
                     if self._handle(ctrl):
                         return
         except BaseException as e:  # noqa: BLE001 - fails every waiting handle
             self._fail_all(_as_transfer_error(e, self.peer))
+
+    def _reap_inline_sends(self) -> None:
+        """Complete the inline sends posted so far (done by now: see `_inline_sends`)."""
+        sends, self._inline_sends = self._inline_sends, []
+        for work, _ in sends:
+            work.wait()
 
     def _check_sends(self) -> None:
         for p in self._sends:
@@ -324,7 +338,7 @@ class EncoderOutputSender:
             if self.on_chunk is not None:
                 self.on_chunk(req.request_id, 0, h.token_count)
             msg = req.plan.inline_message(h)
-            self._isend_many([msg], self.header_tag)
+            self._inline_sends.append((self._link.isend(msg, self.header_tag), msg))
             self._count_data(req, h, msg.numel() - HEADER_BYTES, 1)
             self.stats.inline_requests += 1
             self._count_header(req.request_id)
