@@ -178,12 +178,12 @@ their threads are done, so the group can be destroyed right after, without a bar
 
 Threads: the sender runs a control-reader thread (it keeps the next control receive posted while
 answering) and a send-completion thread (an inline request's one message is completed by the
-control thread instead, when the receiver's next control message arrives: the receiver sends
-that only once the message has landed, so no thread is woken on the latency-critical path); the receiver two waiter threads per peer, one for
-headers and control sends and one for data (gloo works cannot be polled and `wait(timeout)`
-closes a gloo connection on expiry). The data waiter, idle once a request's data is here, also
-posts the request's final acknowledgement, so `recv()` returns without paying for it; the
-next control message waits until it is posted, so the order on the wire is kept.
+control thread instead, when the receiver's next control message arrives: the receiver sends that
+only once the message has landed, so no thread is woken on the latency-critical path); the receiver
+two waiter threads per peer, one for headers and control sends and one for data (gloo works cannot
+be polled and `wait(timeout)` closes a gloo connection on expiry). The data waiter, idle once a
+request's data is here, also posts the request's final acknowledgement, so `recv()` returns without
+paying for it; the next control message waits until it is posted, so the order on the wire is kept.
 """
 
 from .protocol import HeaderMismatch, PeerClosed, TransferError, TransferTimeout
