@@ -182,21 +182,23 @@ def _latency_floor(rank: int, out, iters: int, tag: int) -> float | None:
     import torch.distributed as dist
 
     from ..transfer._wait import Waiter, wait_all
+    from ..transfer.chunking import SendPlan
     from ..transfer.link import PeerLink
     from ..transfer.protocol import HEADER_BYTES, ChunkHeader
 
     link = PeerLink(1 - rank)
     stamp = torch.zeros(1, dtype=torch.float64)
     go = torch.zeros(1, dtype=torch.float64)
-    header = ChunkHeader(request_id=0).to_bytes()
-    ints = [out.rope_deltas, out.input_ids, out.position_ids, out.attention_mask]  # as ours sends them
-    body = torch.cat([t.reshape(-1) for t in ints]).view(torch.uint8)
-    rows = out.visual_rows().reshape(-1).view(torch.uint8)
+    # the pieces of our inline message (its header, int parts and rows), built once: not timed
+    plan = SendPlan.build(out)
+    h = plan.header(0, 0, 0, plan.total)
+    header = h.to_bytes()
+    pieces = [t.reshape(-1).view(torch.uint8) for t in plan._int_parts(h) + plan._embed_parts(h)]
     if rank == 0:
         for _ in range(iters):
             dist.recv(go, 1)
             stamp[0] = time.perf_counter()
-            msg = torch.cat([torch.frombuffer(header, dtype=torch.uint8), body, rows])
+            msg = torch.cat([torch.frombuffer(header, dtype=torch.uint8), *pieces])
             link.isend(msg, tag).wait()
             dist.send(stamp, 1)
         return None
