@@ -9,8 +9,12 @@ node, so with `--nproc-per-node` = GPUs per node the first E global ranks are th
 
 Failure handling: a rank that raises prints one clear line and exits non-zero; torchrun then
 terminates the others (SIGTERM), which print why they stop and exit at once, even when blocked
-inside a gloo/NCCL call (a dedicated thread waits for the signal). Ranks on other nodes that are
-not told by their agent hit `--timeout` on their next wait.
+inside a gloo/NCCL call (a dedicated thread waits for the signal). A rank that hangs without dying
+(stopped, deadlocked, its node gone) stops beating: the first rank to notice, after `--timeout`
+seconds, names it and exits, and torchrun stops the rest.
+
+Exit status: 0 when every request succeeded, 3 (`EXIT_REQUESTS_FAILED`) when every result line was
+written but some requests failed, 1 when a rank failed, 2 for bad usage.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ def _install_signal_watcher() -> None:
             sig = data[0]
             if sig not in sigs:
                 continue
+            if _STATE.get("finished"):  # past the final barrier: the job is over, leave quietly
+                os._exit(0)
             name = signal.Signals(sig).name
             why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "another rank failed or the job was stopped"
             print(f"{PREFIX} {_STATE['who']}: stopping on {name}: {why}", file=sys.stderr, flush=True)
@@ -57,23 +63,32 @@ def _install_signal_watcher() -> None:
     threading.Thread(target=watch, name="signal-watcher", daemon=True).start()
 
 
+EXIT_REQUESTS_FAILED = 3  # every result line was written, but some requests failed
+
+
 @dataclass
 class Context:
-    args: Any
+    options: Any  # RuntimeOptions
     roles: Any
     groups: Any
-    requests: list
     model: str  # the checkpoint this rank's half loads from
     device: Any
     dtype: Any
     lm_model: str  # the language half's checkpoint (its config bounds the prompt length)
+    failed_requests: int = 0  # set by the language leader
 
     def log(self, msg: str) -> None:
-        if not getattr(self.args, "quiet", False):
+        if not self.options.quiet:
             print(f"{PREFIX} {_STATE['who']}: {msg}", file=sys.stderr, flush=True)
 
     def fatal(self, msg: str) -> None:
         print(f"{PREFIX} {_STATE['who']}: FATAL: {msg}", file=sys.stderr, flush=True)
+
+    def die(self, msg: str) -> None:
+        """End this rank now (from any thread): the launcher then stops the others."""
+        self.fatal(msg)
+        sys.stdout.flush()
+        os._exit(1)
 
     def ready(self) -> None:
         """All ranks have loaded their half; the clock of the run starts after this."""
@@ -88,7 +103,13 @@ class Context:
         self.log(f"done: {handled} requests in {wall:.2f} s, CPU {cpu:.2f} s ({100 * cpu / max(wall, 1e-9):.0f}%)")
 
 
-def run_rank(args: argparse.Namespace) -> int:
+def default_threads() -> int:
+    """CPU cores this process may use, shared among the ranks of this node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def run_rank(opts) -> int:
     _install_signal_watcher()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         print(f"{PREFIX} start this with `torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch ...` "
@@ -98,21 +119,23 @@ def run_rank(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
+    from hf_qwen3_deepstack.runtime.liveness import Heartbeat
     from hf_qwen3_deepstack.runtime.models import resolve_device, resolve_dtype, resolve_model
     from hf_qwen3_deepstack.runtime.options import needs_default_model
-    from hf_qwen3_deepstack.runtime.requests import load_requests
     from hf_qwen3_deepstack.runtime.roles import Roles, make_groups
 
-    if args.quiet:
+    if opts.quiet:
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     rank = int(os.environ["RANK"])
     _STATE["who"] = f"rank {rank}"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(default_threads())
     backend = "nccl" if device.type == "cuda" else "gloo"
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cuda" and local_ranks > torch.cuda.device_count():
@@ -120,14 +143,18 @@ def run_rank(args: argparse.Namespace) -> int:
               f"visible GPU(s): NCCL needs one GPU per rank (run with CUDA_VISIBLE_DEVICES= to use CPU/gloo)",
               file=sys.stderr, flush=True)
         return 2
-    timeout = timedelta(seconds=args.timeout)
+    # Waits on the groups are not bounded by a wall clock (a rank may legitimately wait for work for a
+    # long time); the heartbeat ends the job when a peer stops making progress.
     kwargs = {"device_id": device} if device.type == "cuda" else {}
+    heartbeat = None
     try:
-        dist.init_process_group(backend, timeout=timeout, **kwargs)
-        roles = Roles(dist.get_rank(), dist.get_world_size(), args.encoders, args.lms)
+        dist.init_process_group(backend, timeout=GROUP_TIMEOUT, **kwargs)
+        roles = Roles(dist.get_rank(), dist.get_world_size(), opts.encoders, opts.lms)
         _STATE["who"] = f"rank {rank} ({roles.role_name})"
-        groups = make_groups(roles)
-        if needs_default_model(args):  # embedded tiny default: one process per node builds it, the rest reuse it
+        heartbeat = Heartbeat(dist.distributed_c10d._get_default_store(), roles.rank, roles.world_size,
+                              opts.timeout, lambda peer, silent: _silent_peer(roles, peer, silent)).start()
+        groups = make_groups(roles, timeout=GROUP_TIMEOUT)
+        if needs_default_model(opts):  # embedded tiny default: one process per node builds it, the rest reuse it
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 model = resolve_model(None)
                 dist.barrier(group=groups.ctrl)
@@ -135,11 +162,10 @@ def run_rank(args: argparse.Namespace) -> int:
                 dist.barrier(group=groups.ctrl)
                 model = resolve_model(None)
         else:
-            model = args.model
-        requests = load_requests(args.requests)
-        encoder_model, lm_model = args.encoder_model or model, args.lm_model or model
-        ctx = Context(args, roles, groups, requests, encoder_model if roles.is_encoder else lm_model, device,
-                      resolve_dtype(args.dtype, device), lm_model)
+            model = opts.model
+        encoder_model, lm_model = opts.encoder_model or model, opts.lm_model or model
+        ctx = Context(opts, roles, groups, encoder_model if roles.is_encoder else lm_model, device,
+                      resolve_dtype(opts.dtype, device), lm_model)
         if roles.is_encoder:
             from hf_qwen3_deepstack.runtime.encoder_worker import run_encoder
 
@@ -149,17 +175,27 @@ def run_rank(args: argparse.Namespace) -> int:
 
             run_lm(ctx)
         dist.barrier(group=groups.ctrl)
+        _STATE["finished"] = True
+        heartbeat.stop()
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
-        if "timed out" in msg.lower() or "timeout" in msg.lower():
-            msg += f" (no peer answered within --timeout {args.timeout:g}s: a rank died or hangs)"
-        elif "connection" in msg.lower() or "peer" in msg.lower():
+        if "connection" in msg.lower() or "peer" in msg.lower():
             msg += " (a peer rank died)"
         print(f"{PREFIX} {_STATE['who']}: FATAL: {msg}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)  # never block in process-group teardown with dead peers
     dist.destroy_process_group()
-    return 0
+    return EXIT_REQUESTS_FAILED if ctx.failed_requests else 0
+
+
+GROUP_TIMEOUT = timedelta(days=7)
+
+
+def _silent_peer(roles, peer: int, silent: float) -> None:
+    print(f"{PREFIX} {_STATE['who']}: FATAL: rank {peer} ({roles.describe(peer)}) sent no heartbeat for "
+          f"{silent:.0f} s (--timeout): it hangs, is stopped, or its node is unreachable; stopping the job",
+          file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,8 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_rank(args)
+    from hf_qwen3_deepstack.runtime.options import RuntimeOptions
+
+    parser = build_parser()
+    opts = RuntimeOptions.from_args(parser.parse_args(argv))
+    try:
+        opts.check()
+    except ValueError as e:
+        parser.error(str(e))
+    return run_rank(opts)
 
 
 if __name__ == "__main__":

@@ -101,9 +101,12 @@ class Qwen3VLMoeEncoderOnly(LoadsOwnShards, Qwen3VLMoePreTrainedModel):
         image_grid_thw: torch.LongTensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.LongTensor | None = None,
+        vision_output: Qwen3VLMoeEncoderOnlyOutput | None = None,
         **unused,
     ) -> EncoderOutput:
-        """Everything the language side needs, from exactly what the Qwen3-VL processor returns."""
+        """Everything the language side needs, from exactly what the Qwen3-VL processor returns.
+        `vision_output`: this prompt's items already through the vision tower (e.g. as part of a
+        larger batch), instead of running it here."""
         input_ids = torch.as_tensor(input_ids)
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
@@ -112,7 +115,9 @@ class Qwen3VLMoeEncoderOnly(LoadsOwnShards, Qwen3VLMoePreTrainedModel):
         mm_token_type_ids = torch.as_tensor(mm_token_type_ids).view_as(input_ids)
         self.check_placeholders(input_ids, attention_mask, mm_token_type_ids, image_grid_thw, video_grid_thw)
 
-        out = self(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+        out = vision_output
+        if out is None:
+            out = self(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         visual_embeds, deepstack = self.rows_in_sequence_order(mm_token_type_ids, attention_mask, out)
         if image_grid_thw is None and video_grid_thw is None:  # text only: equal components, delta 0
             position_ids, rope_deltas = self.text_positions(input_ids, attention_mask)

@@ -9,7 +9,7 @@ import os
 import sys
 import uuid
 
-from .options import add_runtime_arguments, forward_argv, needs_default_model
+from .options import RuntimeOptions, add_runtime_arguments, needs_default_model
 
 PREFIX = "[hf-qwen3-deepstack]"
 # `python -m hf_qwen3_deepstack.launch`, except that Ctrl-C during the (slow) imports ends the rank
@@ -25,17 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
-def launch(args: argparse.Namespace, *, quiet_agent: bool = True) -> int:
-    """Run the job; return 0 on success, 1 when a rank failed, 130 on Ctrl-C."""
+def launch(args: RuntimeOptions, *, quiet_agent: bool = True) -> int:
+    """Run the job; return 0 when every request succeeded, 3 when some failed (every result line
+    written), 1 when a rank failed, 2 for bad usage, 130 on Ctrl-C."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from hf_qwen3_deepstack.launch import EXIT_REQUESTS_FAILED
+
     from .models import resolve_model
 
-    if args.encoders < 1 or args.lms < 1:
-        print(f"{PREFIX} --encoders and --lms must be >= 1", file=sys.stderr)
+    try:
+        args.check()
+    except ValueError as e:
+        print(f"{PREFIX} {e}", file=sys.stderr)
         return 2
-    if not os.path.isfile(args.requests):
+    if args.requests is None or not os.path.isfile(args.requests):
         print(f"{PREFIX} requests file not found: {args.requests}", file=sys.stderr)
         return 2
     if needs_default_model(args):
@@ -56,10 +61,14 @@ def launch(args: argparse.Namespace, *, quiet_agent: bool = True) -> int:
         monitor_interval=0.1,
         start_method="spawn",
     )
-    cmd_args = ["-u", "-c", _BOOTSTRAP, *forward_argv(args)]
+    cmd_args = ["-u", "-c", _BOOTSTRAP, *args.argv()]
     try:
         elastic_launch(config, sys.executable)(*cmd_args)
     except ChildFailedError as e:
+        if any(f.exitcode == EXIT_REQUESTS_FAILED for f in e.failures.values()):  # the leader's verdict, after every line was written
+            print(f"{PREFIX} some requests failed: see their error lines (exit status {EXIT_REQUESTS_FAILED})",
+                  file=sys.stderr, flush=True)
+            return EXIT_REQUESTS_FAILED
         lines = []
         for rank, failure in sorted(e.failures.items()):
             if failure.exitcode < 0:
@@ -100,4 +109,4 @@ def _role(rank: int, args) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    return launch(args)
+    return launch(RuntimeOptions.from_args(args))

@@ -1,15 +1,21 @@
-"""Encoder rank: processor + vision tower; encodes its share of the requests and sends each
-result without waiting for the language side (at most `max_inflight` requests in flight)."""
+"""Encoder rank: processor + vision tower. Takes the requests the leader assigns, builds their
+prompts on a preparation thread (overlapping the vision tower's current batch), encodes the ready
+ones in one vision-tower call bounded by a patch budget, and sends each `EncoderOutput` to the
+language rank the leader chose, without waiting for it to be received."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections import deque
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from . import control, faults
+from . import faults, messages
 from .channel import Outbox
+from .encoder_batching import encode_batch, patch_count
 from .models import build_prompt, load_encoder, max_positions
 from .requests import check_local_files
 
@@ -18,73 +24,146 @@ class RequestError(Exception):
     pass
 
 
-def _wait(works) -> None:
-    for w in works:
-        if w is not None:
-            w.wait()
+@dataclass
+class Prepared:
+    index: int
+    lm: int
+    inputs: Any  # processor output (BatchFeature), or None with `error`
+    started: float  # perf_counter when preparation began
+    error: str | None = None
+
+    @property
+    def patches(self) -> int:
+        return patch_count(self.inputs)
 
 
 def run_encoder(ctx) -> None:
-    roles, groups, args, requests = ctx.roles, ctx.groups, ctx.args, ctx.requests
+    roles, groups, opts = ctx.roles, ctx.groups, ctx.options
     processor, encoder = load_encoder(ctx.model, ctx.dtype, ctx.device)
     max_pos = max_positions(ctx.lm_model)
-    outbox = Outbox(lambda lm: groups.data_for(roles.rank, lm), timeout_s=args.timeout)
+    outbox = Outbox(roles.lm_ranks, lambda lm: groups.data_for(roles.rank, lm), timeout_s=opts.timeout)
+    events: queue.Queue = queue.Queue()
+    messages.Mailbox(groups.ctrl, events)
     ctx.log(f"loaded encoder from {ctx.model}")
     ctx.ready()
 
-    inflight: deque = deque()
-    mine = roles.my_requests(len(requests))
-    for handled, index in enumerate(mine):
-        faults.maybe_die(roles.rank, handled)
-        req = requests[index]
-        peer = roles.lm_for(index)
-        if args.serial and args.serial_gap_ms:  # the request arrives at an idle system
-            time.sleep(args.serial_gap_ms / 1e3)
-        t0 = time.perf_counter()
-        try:
-            if req.error:
-                raise RequestError(req.error)
-            check_local_files(req.messages)
+    ready: queue.Queue[Prepared | None] = queue.Queue()
+    preparer = threading.Thread(target=_prepare_loop, args=(ctx, events, processor, max_pos, ready),
+                                name="prompt-preparer", daemon=True)
+    preparer.start()
+    leader = roles.lm_leader
+    handled = batches = 0
+    ctx.batch_sizes = []
+    stopping = False
+    while not stopping:
+        items = [ready.get()]
+        while items[-1] is not None:  # everything prepared so far
             try:
-                inputs = build_prompt(processor, req.messages)
+                items.append(ready.get_nowait())
+            except queue.Empty:
+                break
+        if items[-1] is None:
+            items.pop()
+            stopping = True
+        todo = []
+        for item in items:
+            if item.error is None:
+                todo.append(item)
+            else:
+                messages.send({"kind": "failed", "index": item.index, "error": item.error}, leader, groups.ctrl)
+                handled += 1
+        while todo:
+            batch, todo = _next_batch(todo, opts.encoder_batch_patches, opts.encoder_batch_requests)
+            faults.maybe_die(roles.rank, handled)
+            report = _encode_and_send(ctx, encoder, batch, outbox)
+            if report["ok"]:
+                messages.send({"kind": "encoded", "items": report["ok"]}, leader, groups.ctrl)
+            for index, error in report["failed"]:
+                messages.send({"kind": "failed", "index": index, "error": error}, leader, groups.ctrl)
+            handled += len(batch)
+            batches += 1
+            ctx.batch_sizes.append(len(batch))
+        outbox.reap()
+    preparer.join()
+    outbox.close()  # returns once each language rank closed its receiver
+    ctx.stats = {"encoded": handled, "vision_batches": batches,
+                 "mean_vision_batch": sum(ctx.batch_sizes) / len(ctx.batch_sizes) if ctx.batch_sizes else 0.0}
+    messages.send({"kind": "stopped", "stats": ctx.stats}, leader, groups.ctrl)
+    ctx.log_done(handled)
+
+
+def _next_batch(items: list[Prepared], budget: int, max_requests: int) -> tuple[list[Prepared], list[Prepared]]:
+    batch: list[Prepared] = []
+    for i, item in enumerate(items):
+        if batch and (sum(b.patches for b in batch) + item.patches > budget or len(batch) >= max_requests):
+            return batch, items[i:]
+        batch.append(item)
+    return batch, []
+
+
+def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox) -> dict[str, list]:
+    """Encode `batch` in one vision call (one by one if that fails, so a bad request fails alone)."""
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            outs = encode_batch(encoder, [b.inputs for b in batch])
+        results: list[Any] = list(outs)
+    except Exception:
+        results = []
+        for b in batch:
+            try:
+                with torch.inference_mode():
+                    results.append(encoder.encode(**b.inputs))
             except Exception as e:
-                raise RequestError(f"could not build the prompt: {type(e).__name__}: {e}") from e
-            prompt_len = int(inputs["input_ids"].shape[1])
-            new_tokens = req.max_new_tokens or args.max_new_tokens
-            if max_pos is not None and prompt_len + new_tokens > max_pos:
-                raise RequestError(
-                    f"request too long: {prompt_len} prompt tokens + {new_tokens} new tokens exceed the model's "
-                    f"{max_pos} positions"
-                )
-            inputs = inputs.to(ctx.device)
-            with torch.inference_mode():
-                out = encoder.encode(**inputs)
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            encode_s = time.perf_counter() - t0
-            error = None
-        except Exception as e:  # a bad request: report it, keep going
-            error = str(e) if isinstance(e, (RequestError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
-            ctx.log(f"request {req.id!r}: {error}")
-            encode_s = time.perf_counter() - t0
-        # Sending is not a per-request matter: a data-plane failure ends the job (it propagates).
-        if error is None:
-            works = [
-                control.isend(control.Control(control.PAYLOAD, index, encode_s, roles.rank), peer, groups.ctrl),
-                outbox.isend(peer, index, out),
-            ]
-        else:
-            works = [control.isend(control.Control(control.ERROR, index, encode_s, roles.rank, error), peer,
-                                   groups.ctrl)]
-        inflight.append(works)
-        if args.serial:  # latency mode: the next request starts when this one is generated
-            done = control.recv_finished(peer, groups.ctrl)
-            if done != index:
-                raise RuntimeError(f"rank {peer} finished request {done}, expected {index}")
-        while len(inflight) > args.max_inflight:
-            _wait(inflight.popleft())
-    while inflight:
-        _wait(inflight.popleft())
-    outbox.close()
-    ctx.log_done(len(mine))
-    faults.maybe_die(roles.rank, len(mine))
+                results.append(RequestError(f"encoding failed: {type(e).__name__}: {e}"))
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    vision_s = time.perf_counter() - t0
+    report: dict[str, list] = {"ok": [], "failed": []}
+    for item, out in zip(batch, results):
+        if isinstance(out, Exception):
+            ctx.log(f"request {item.index}: {out}")
+            report["failed"].append((item.index, str(out)))
+            continue
+        sent_at = time.time()
+        outbox.isend(item.lm, item.index, out)
+        report["ok"].append({"index": item.index, "encode_s": round(t0 - item.started + vision_s, 6),
+                             "sent_at": sent_at})
+    return report
+
+
+def _prepare_loop(ctx, events: queue.Queue, processor, max_pos: int | None, ready: queue.Queue) -> None:
+    """Assignments -> processor outputs (or errors), in assignment order; None after `stop`."""
+    while True:
+        event = events.get()
+        if event[0] == "error":
+            ctx.die(event[1])
+        _, src, msg = event
+        kind = msg["kind"]
+        if kind == "stop":
+            ready.put(None)
+            return
+        if kind != "assign":
+            ctx.die(f"unexpected {kind!r} message from rank {src}")
+        ready.put(_prepare(ctx, msg, processor, max_pos))
+
+
+def _prepare(ctx, msg: dict[str, Any], processor, max_pos: int | None) -> Prepared:
+    started = time.perf_counter()
+    index, lm = int(msg["index"]), int(msg["lm"])
+    try:
+        check_local_files(msg["messages"])
+        try:
+            inputs = build_prompt(processor, msg["messages"])
+        except Exception as e:
+            raise RequestError(f"could not build the prompt: {type(e).__name__}: {e}") from e
+        prompt_len = int(inputs["input_ids"].shape[1])
+        new_tokens = int(msg["max_new_tokens"])
+        if max_pos is not None and prompt_len + new_tokens > max_pos:
+            raise RequestError(f"request too long: {prompt_len} prompt tokens + {new_tokens} new tokens exceed the "
+                               f"model's {max_pos} positions")
+        return Prepared(index, lm, inputs.to(ctx.device), started)
+    except Exception as e:  # a bad request: report it, keep going
+        error = str(e) if isinstance(e, (RequestError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
+        ctx.log(f"request {msg.get('id', index)!r}: {error}")
+        return Prepared(index, lm, None, started, error=error)

@@ -1,110 +1,273 @@
-"""Language rank: an independent replica holding only the language half. It takes the next
-request from whichever encoder is ready, generates (greedy by default) and hands the result line
-to the language leader, which writes the output file, the progress bar and the summary."""
+"""Language rank: an independent replica holding only the language half, decoding a continuous
+batch. Between two decode steps it takes what arrived (parameters from the leader, payloads from
+the encoders), admits what fits with one prefill, decodes one token for every running sequence,
+and reports each finished request at once.
+
+The language leader also dispatches the requests (`dispatch.Dispatcher`) and writes the result
+lines, the progress bar and the summary.
+"""
 
 from __future__ import annotations
 
-import json
-import os
+import queue
 import sys
-import threading
 import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
 
-from . import control, faults
-from .channel import Inbox
-from .models import generate, load_lm
-from .results import ResultWriter, error_result, format_summary, ok_result
+from . import faults, messages
+from .batching import ContinuousBatch, Sequence
+from .channel import Arrival, Inbox
+from .dispatch import DispatchLimits, Dispatcher
+from .models import load_lm
+from .results import ResultWriter, format_summary, write_summary_json
+from .sampling import SamplingParams
+
+IDLE_WAIT_S = 0.5  # an idle replica wakes this often
+
+
+@dataclass
+class Expected:
+    id: str
+    params: SamplingParams
+
+
+class LanguageReplica:
+    def __init__(self, ctx, events: queue.Queue):
+        self.ctx = ctx
+        self.rank = ctx.roles.rank
+        self.events = events
+        tokenizer, lm = load_lm(ctx.model, ctx.dtype, ctx.device)
+        opts = ctx.options
+        self.batch = ContinuousBatch(lm, tokenizer, max_batch_size=opts.max_batch_size,
+                                     max_batch_tokens=opts.max_batch_tokens)
+        self.inbox = Inbox(ctx.roles.encoder_ranks, lambda e: ctx.groups.data_for(e, self.rank),
+                           capacity_tokens=opts.capacity_tokens, device=ctx.device, timeout_s=opts.timeout,
+                           events=events)
+        self.expected: dict[int, Expected] = {}
+        self.landed: dict[int, Arrival] = {}
+        self.waiting: deque[tuple[Sequence, Arrival]] = deque()
+        self.handled = 0
+        self.stop_requested = False
+
+    # --- inputs ------------------------------------------------------------------------------------
+    def take_events(self, block: bool, on_message) -> None:
+        """Handle every queued event; with `block`, first wait (bounded) for one."""
+        try:
+            event = self.events.get(timeout=IDLE_WAIT_S) if block else self.events.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind = event[0]
+            if kind == "error":
+                self.ctx.die(event[1])
+            elif kind == "data":
+                self._landed(event[1])
+            else:
+                on_message(event[1], event[2])
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def on_message(self, src: int, msg: dict[str, Any]) -> None:
+        kind = msg["kind"]
+        if kind == "expect":
+            index = int(msg["index"])
+            self.expected[index] = Expected(str(msg["id"]), SamplingParams.from_json(msg["params"]))
+            self._match(index)
+        elif kind == "drop":
+            self.expected.pop(int(msg["index"]), None)
+        elif kind == "stop":
+            self.stop_requested = True
+        else:
+            self.ctx.die(f"unexpected {kind!r} message from rank {src}")
+
+    def _landed(self, arrival: Arrival) -> None:
+        self.landed[arrival.index] = arrival
+        self._match(arrival.index)
+
+    def _match(self, index: int) -> None:
+        if index in self.expected and index in self.landed:
+            exp, arrival = self.expected.pop(index), self.landed.pop(index)
+            try:
+                arrival.output.validate()
+                seq = self.batch.new_sequence(index, exp.params, arrival.output, origin=arrival)
+            except Exception as e:
+                self.report(self.error_result(index, f"invalid payload: {type(e).__name__}: {e}"))
+                return
+            self.waiting.append((seq, arrival))
+
+    # --- one scheduling round ----------------------------------------------------------------------
+    def round(self) -> None:
+        finished: list[Sequence] = []
+        joining: list[tuple[Sequence, Arrival]] = []
+        while self.waiting and self.batch.fits([s for s, _ in joining], self.waiting[0][0]):
+            joining.append(self.waiting.popleft())
+        if joining:
+            finished += self._admit(joining)
+        if len(self.batch):
+            try:
+                finished += self.batch.step()
+            except Exception as e:  # e.g. out of memory: every running sequence fails, the replica goes on
+                self.ctx.log(f"decode step failed: {type(e).__name__}: {e}")
+                for seq in self.batch.abort_all():
+                    self.report(self.error_result(seq.index, f"generation failed: {type(e).__name__}: {e}"))
+        for seq in finished:
+            self.report(self.ok_result(seq))
+
+    def _admit(self, joining: list[tuple[Sequence, Arrival]]) -> list[Sequence]:
+        try:
+            return self.batch.admit([(s, a.output) for s, a in joining])
+        except Exception as e:
+            if len(joining) == 1:
+                seq = joining[0][0]
+                self.ctx.log(f"request {seq.index}: prefill failed: {type(e).__name__}: {e}")
+                self.report(self.error_result(seq.index, f"generation failed: {type(e).__name__}: {e}"))
+                return []
+        done = []  # a batched prefill failed: each alone, so only the culprit fails
+        for item in joining:
+            done += self._admit([item])
+        return done
+
+    # --- results -----------------------------------------------------------------------------------
+    def ok_result(self, seq: Sequence) -> dict[str, Any]:
+        arrival: Arrival = seq.origin
+        now = time.time()
+        return {
+            "index": seq.index,
+            "text": self.batch.text(seq),
+            "token_ids": list(seq.tokens),
+            "finish_reason": seq.finish_reason,
+            "prompt_tokens": seq.prompt_len,
+            "visual_tokens": arrival.output.num_visual_tokens,
+            "timings": {"prefill_s": round(seq.prefill_s, 6), "decode_s": round(now - seq.first_token_at, 6)},
+            "lm_rank": self.rank,
+            "received_at": arrival.received_at,
+            "admitted_at": seq.admitted_at,
+            "first_token_at": seq.first_token_at,
+            "done_at": now,
+        }
+
+    @staticmethod
+    def error_result(index: int, error: str) -> dict[str, Any]:
+        return {"index": index, "error": error}
+
+    def report(self, result: dict[str, Any]) -> None:
+        self.handled += 1
+        faults.maybe_die(self.rank, self.handled)
+        messages.send({"kind": "result", "result": result}, self.ctx.roles.lm_leader, self.ctx.groups.ctrl)
+
+    @property
+    def idle(self) -> bool:
+        return not len(self.batch) and not self.waiting
+
+    def stats(self) -> dict[str, Any]:
+        return {"lm_rank": self.rank, "handled": self.handled, **self.batch.stats.to_json()}
+
+
+class LeaderReplica(LanguageReplica):
+    """The language leader: a replica that also dispatches and writes the results."""
+
+    def __init__(self, ctx, events: queue.Queue, requests: list):
+        super().__init__(ctx, events)
+        opts, roles = ctx.options, ctx.roles
+        limits = DispatchLimits(encoder_slots=opts.encoder_slots, lm_slots=2 * opts.max_batch_size,
+                                serial=opts.serial, serial_gap_s=opts.serial_gap_ms / 1e3)
+        self.dispatcher = Dispatcher(roles.encoder_ranks, roles.lm_ranks, limits, self.send, self.write)
+        self.writer = ResultWriter(
+            opts.output, total=len(requests), progress=not opts.no_progress,
+            stream=sys.stdout if opts.print_results else None,
+            json_stream=sys.stdout if opts.output is None and not opts.print_results else None,
+        )
+        self.requests = requests
+        self.rank_stats: dict[int, dict[str, Any]] = {}
+
+    def start(self) -> None:
+        self.writer.start_clock()
+        for req in self.requests:
+            if req.error:
+                self.write({"id": req.id, "error": req.error})
+            else:
+                self.dispatcher.submit(req)
+        self.dispatcher.dispatch()
+
+    def send(self, msg: dict[str, Any], dst: int) -> None:
+        if dst == self.rank:
+            self.on_message(dst, msg)
+        else:
+            messages.send(msg, dst, self.ctx.groups.ctrl)
+
+    def write(self, result: dict[str, Any]) -> None:
+        self.writer.write(result)
+
+    def report(self, result: dict[str, Any]) -> None:
+        self.handled += 1
+        faults.maybe_die(self.rank, self.handled)
+        self.dispatcher.on_result(self.rank, result)
+
+    def on_message(self, src: int, msg: dict[str, Any]) -> None:
+        kind = msg["kind"]
+        if kind == "result":
+            self.dispatcher.on_result(src, msg["result"])
+        elif kind == "encoded":
+            self.dispatcher.on_encoded(src, msg["items"])
+        elif kind == "failed":
+            self.dispatcher.on_failed(src, int(msg["index"]), str(msg["error"]))
+        elif kind == "stopped":
+            self.rank_stats[src] = msg.get("stats", {})
+        else:
+            super().on_message(src, msg)
 
 
 def run_lm(ctx) -> None:
-    roles, groups, args, requests = ctx.roles, ctx.groups, ctx.args, ctx.requests
-    tokenizer, lm = load_lm(ctx.model, ctx.dtype, ctx.device)
-    inbox = Inbox(lambda encoder: groups.data_for(encoder, roles.rank), capacity_tokens=args.capacity_tokens,
-                  device=ctx.device, timeout_s=args.timeout)
+    roles, groups = ctx.roles, ctx.groups
+    events: queue.Queue = queue.Queue()
+    leader = roles.is_lm_leader
+    if leader:
+        from .requests import load_requests
+
+        replica: LanguageReplica = LeaderReplica(ctx, events, load_requests(ctx.options.requests,
+                                                                             ctx.options.max_new_tokens))
+    else:
+        replica = LanguageReplica(ctx, events)
+    messages.Mailbox(groups.ctrl, events, stopped_expected=roles.world_size - 1 if leader else 0)
     ctx.log(f"loaded language model from {ctx.model}")
-
-    writer = None
-    collector = None
-    mine = roles.my_requests(len(requests))
-    if roles.is_lm_leader:
-        writer = ResultWriter(
-            args.output, total=len(requests), progress=not args.no_progress,
-            stream=sys.stdout if args.print_results else None,
-            json_stream=sys.stdout if args.output is None and not args.print_results else None,
-        )
-        remote = len(requests) - len(mine)
-        if remote:
-            collector = threading.Thread(target=_collect, args=(ctx, writer, remote), daemon=True,
-                                         name="result-collector")
-            collector.start()
     ctx.ready()
-    if writer is not None:
-        writer.start_clock()
-
-    expected = set(mine)
-    for handled in range(len(mine)):
-        faults.maybe_die(roles.rank, handled)
-        msg = control.recv_any(groups.ctrl)
-        if msg.index not in expected:
-            raise RuntimeError(f"rank {roles.rank} got request index {msg.index} from rank {msg.sender}, "
-                               f"which is not scheduled here (or arrived twice)")
-        expected.discard(msg.index)
-        req = requests[msg.index]
-        if msg.kind == control.ERROR:
-            result = error_result(req.id, msg.error or "encoding failed")
-        else:
-            t0 = time.perf_counter()
-            index, out = inbox.recv(msg.sender)
-            transfer_s = time.perf_counter() - t0
-            if index != msg.index:
-                raise RuntimeError(f"payload for request {index} from rank {msg.sender}, expected {msg.index}")
-            try:
-                out.validate()
-                max_new = req.max_new_tokens or args.max_new_tokens
-                new, prefill_s, decode_s = generate(lm, out, max_new)
-                text = tokenizer.decode(new, skip_special_tokens=True)
-                result = ok_result(
-                    req.id, text, new, out.seq_len, out.num_visual_tokens,
-                    {"encode_s": msg.encode_s, "transfer_s": transfer_s, "prefill_s": prefill_s,
-                     "decode_s": decode_s},
-                    encoder_rank=msg.sender, lm_rank=roles.rank,
-                )
-                inbox.recycle(msg.sender, out)  # its memory serves the next payload from that encoder
-            except Exception as e:  # e.g. out of memory on this request: report it, keep going
-                ctx.log(f"request {req.id!r}: generation failed: {type(e).__name__}: {e}")
-                result = error_result(req.id, f"generation failed: {type(e).__name__}: {e}")
-        if writer is not None:
-            writer.write(result)
-        else:
-            control.send_bytes(json.dumps(result, ensure_ascii=False).encode("utf-8"), roles.lm_leader,
-                               groups.results)
-        if args.serial:
-            control.send_finished(msg.index, msg.sender, groups.ctrl)
-    faults.maybe_die(roles.rank, len(mine))
-    inbox.close()
-    ctx.log_done(len(mine))
-
-    if writer is not None:
-        if collector is not None:
-            collector.join()
-        writer.close()
-        summary = writer.summary()
-        missing = [r.id for r in requests if r.id not in writer.ids]
-        if missing:  # cannot happen when every rank finishes; say so loudly if it does
-            print(f"[hf-qwen3-deepstack] ERROR: no result for {len(missing)} request(s): {missing[:10]}",
-                  file=sys.stderr)
-        # without --output the result lines own stdout (`run ... > results.jsonl`): summary to stderr
-        print(format_summary(summary), file=sys.stderr if writer.json_stream else sys.stdout, flush=True)
-        if args.summary_json:
-            with open(args.summary_json, "w") as f:
-                json.dump(summary, f, indent=1)
+    if leader:
+        _lead(ctx, replica)
+    else:
+        while not (replica.stop_requested and replica.idle):
+            replica.take_events(block=replica.idle, on_message=replica.on_message)
+            replica.round()
+        replica.inbox.close()
+        messages.send({"kind": "stopped", "stats": replica.stats()}, roles.lm_leader, groups.ctrl)
+    ctx.log_done(replica.handled)
 
 
-def _collect(ctx, writer: ResultWriter, count: int) -> None:
-    try:
-        for _ in range(count):
-            _, data = control.recv_bytes_any(ctx.groups.results)
-            writer.write(json.loads(data.decode("utf-8")))
-    except BaseException as e:  # a replica died: end this rank now, clearly
-        ctx.fatal(f"lost a language replica while collecting results: {type(e).__name__}: {e}")
-        os._exit(1)
+def _lead(ctx, replica: LeaderReplica) -> None:
+    roles = ctx.roles
+    replica.start()
+    while not replica.writer.done:
+        replica.take_events(block=replica.idle, on_message=replica.on_message)
+        replica.dispatcher.dispatch()
+        replica.round()
+    for rank in range(roles.world_size):  # every result is written: stop every rank
+        if rank != roles.rank:
+            messages.send({"kind": "stop"}, rank, ctx.groups.ctrl)
+    replica.inbox.close()  # while the encoders close their senders
+    while len(replica.rank_stats) < roles.world_size - 1:
+        replica.take_events(block=True, on_message=replica.on_message)
+    replica.rank_stats[roles.rank] = replica.stats()
+    writer = replica.writer
+    writer.close()
+    summary = writer.summary(replica.rank_stats, roles)
+    missing = [r.id for r in replica.requests if r.id not in writer.ids]
+    if missing:  # cannot happen when every rank finishes; say so loudly if it does
+        print(f"[hf-qwen3-deepstack] ERROR: no result for {len(missing)} request(s): {missing[:10]}", file=sys.stderr)
+    # without --output the result lines own stdout (`run ... > results.jsonl`): summary to stderr
+    print(format_summary(summary), file=sys.stderr if writer.json_stream else sys.stdout, flush=True)
+    if ctx.options.summary_json:
+        write_summary_json(ctx.options.summary_json, summary)
+    ctx.failed_requests = summary["errors"]

@@ -1,58 +1,99 @@
-"""Options shared by `torchrun -m hf_qwen3_deepstack.launch`, `hf-qwen3-deepstack run` and `demo`."""
+"""Options of the runtime, shared by `hf-qwen3-deepstack run`, `torchrun -m hf_qwen3_deepstack.launch`,
+the demo and the benchmarks: one typed `RuntimeOptions`, from which the command-line flags are made."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+
+def _opt(default, help: str, **argparse_kwargs):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class RuntimeOptions:
+    model: str | None = _opt(None, "checkpoint directory or Hub id (default: the embedded tiny Qwen3-VL-MoE, built "
+                                   "once and cached)")
+    encoder_model: str | None = _opt(None, "encoder repo made by `split` (or any checkpoint) for the encoder ranks "
+                                           "(default: --model)")
+    lm_model: str | None = _opt(None, "language repo made by `split` (or any checkpoint) for the language ranks "
+                                      "(default: --model)")
+    requests: str | None = _opt(None, "JSONL file, one request per line")
+    output: str | None = _opt(None, "JSONL file for the result lines, written by the language leader "
+                                    "(default: stdout)")
+    encoders: int = _opt(1, "E: encoder ranks (global ranks 0..E-1)")
+    lms: int = _opt(1, "L: language ranks (global ranks E..E+L-1)")
+    max_new_tokens: int = _opt(32, "new tokens for requests without their own max_new_tokens")
+    dtype: str = _opt("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
+    max_batch_size: int = _opt(32, "sequences a language rank decodes together (continuous batching)")
+    max_batch_tokens: int = _opt(65536, "KV-cache budget of a language rank, in tokens: each running sequence "
+                                        "reserves its prompt plus its max_new_tokens (a request larger than this "
+                                        "still runs, alone)")
+    encoder_batch_patches: int = _opt(16384, "vision-tower patches an encoder rank encodes in one call (several "
+                                             "requests' images and videos)")
+    encoder_batch_requests: int = _opt(16, "requests an encoder rank encodes in one vision-tower call")
+    encoder_slots: int = _opt(32, "requests the leader hands an encoder rank ahead (queued or being encoded)")
+    capacity_tokens: int = _opt(8192, "receive buffer of a language rank per encoder, in tokens (longer requests "
+                                      "arrive in chunks of this size)")
+    timeout: float = _opt(120.0, "seconds a rank may go without a heartbeat (hung or dead) before the job stops, "
+                                 "naming it; also bounds each transfer wait")
+    threads: int = _opt(0, "torch threads per rank (0: on CPU, the cores available divided by the ranks on this "
+                           "node; on CUDA, torch's default)")
+    print_results: bool = _opt(False, "the language leader also prints readable results")
+    no_progress: bool = _opt(False, "no progress bar")
+    quiet: bool = _opt(False, "no per-rank log lines, no transformers warnings or bars")
+    serial: bool = _opt(False, "one request in the system at a time: dispatch the next when the previous is "
+                               "finished (for latency measurements)")
+    serial_gap_ms: float = _opt(0.0, "with --serial: idle time before each request (requests arriving one by one "
+                                     "at an idle system)")
+    summary_json: str | None = _opt(None, "also write the summary (throughput, TTFT and latency percentiles, mean "
+                                          "batch size, per-rank work) to this JSON file")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RuntimeOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def check(self) -> None:
+        """ValueError naming the first option out of range."""
+        for name in ("encoders", "lms", "max_new_tokens", "max_batch_size", "max_batch_tokens",
+                     "encoder_batch_patches", "encoder_batch_requests", "encoder_slots", "capacity_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.timeout <= 0 or self.threads < 0 or self.serial_gap_ms < 0:
+            raise ValueError("--timeout must be > 0, --threads and --serial-gap-ms >= 0")
+
+    def argv(self) -> list[str]:
+        """Flags for `python -m hf_qwen3_deepstack.launch` reproducing these options."""
+        out: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if f.type == "bool" or isinstance(value, bool):
+                out += [flag] if value else []
+            elif value is not None:
+                out += [flag, str(value)]
+        return out
+
+    def replace(self, **changes) -> "RuntimeOptions":
+        return dataclasses.replace(self, **changes)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required: bool = True) -> None:
     g = parser.add_argument_group("runtime")
-    g.add_argument("--model", default=None,
-                   help="checkpoint directory or Hub id (default: the embedded tiny Qwen3-VL-MoE, built once and cached)")
-    g.add_argument("--encoder-model", default=None,
-                   help="encoder repo made by `split` (or any checkpoint) for the encoder ranks (default: --model)")
-    g.add_argument("--lm-model", default=None,
-                   help="language repo made by `split` (or any checkpoint) for the language ranks (default: --model)")
-    g.add_argument("--requests", required=requests_required, help="JSONL file, one request per line")
-    g.add_argument("--output", default=None, help="JSONL file for result lines, written by the language leader (default: stdout)")
-    g.add_argument("--encoders", type=int, default=1, help="E: number of encoder ranks (global ranks 0..E-1)")
-    g.add_argument("--lms", type=int, default=1, help="L: number of language ranks (global ranks E..E+L-1)")
-    g.add_argument("--max-new-tokens", type=int, default=32,
-                   help="default for requests without their own max_new_tokens")
-    g.add_argument("--dtype", default="auto",
-                   help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
-    g.add_argument("--capacity-tokens", type=int, default=8192,
-                   help="receive buffer of each language rank, in tokens (longer requests arrive in chunks of this size)")
-    g.add_argument("--max-inflight", type=int, default=2,
-                   help="requests an encoder may have sent but not yet delivered")
-    g.add_argument("--timeout", type=float, default=1800.0,
-                   help="seconds any collective/point-to-point wait may take before the job is declared dead")
-    g.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
-    g.add_argument("--print-results", action="store_true", help="language leader also prints readable results")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--quiet", action="store_true", help="no per-rank log lines, no transformers warnings/bars")
-    g.add_argument("--serial", action="store_true",
-                   help="one request at a time per encoder: encode the next only when the previous is generated "
-                        "(no overlap; for latency measurements)")
-    g.add_argument("--serial-gap-ms", type=float, default=0.0,
-                   help="with --serial: idle time before each request (requests arriving one by one at an idle system)")
-    g.add_argument("--summary-json", default=None, help=argparse.SUPPRESS)
+    for f in fields(RuntimeOptions):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if f.type == "bool":
+            g.add_argument(flag, action="store_true", help=help_text)
+            continue
+        kind = {"int": int, "float": float}.get(f.type, str)
+        shown = "" if f.default is None else " (default: %(default)s)"
+        required = f.name == "requests" and requests_required
+        g.add_argument(flag, type=kind, default=f.default, required=required, help=help_text + shown)
 
 
-def forward_argv(args: argparse.Namespace) -> list[str]:
-    """argv for `python -m hf_qwen3_deepstack.launch` reproducing `args`."""
-    out: list[str] = []
-    for name in ("model", "encoder_model", "lm_model", "requests", "output", "encoders", "lms", "max_new_tokens", "dtype", "capacity_tokens",
-                 "max_inflight", "timeout", "threads", "serial_gap_ms", "summary_json"):
-        value = getattr(args, name, None)
-        if value is not None:
-            out += ["--" + name.replace("_", "-"), str(value)]
-    for flag in ("print_results", "no_progress", "quiet", "serial"):
-        if getattr(args, flag, False):
-            out.append("--" + flag.replace("_", "-"))
-    return out
-
-
-def needs_default_model(args: argparse.Namespace) -> bool:
+def needs_default_model(opts: RuntimeOptions | argparse.Namespace) -> bool:
     """True when some role has no checkpoint: neither --model nor its own --encoder-/--lm-model."""
-    return args.model is None and (args.encoder_model is None or args.lm_model is None)
+    return opts.model is None and (opts.encoder_model is None or opts.lm_model is None)

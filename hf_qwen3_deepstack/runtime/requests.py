@@ -1,9 +1,8 @@
 """Requests file (JSONL) parsing and validation.
 
-Every rank parses the same file the same way, so a request is named by its index (line number
-among non-blank lines) on the wire, and every rank knows every request's string id. A line that
-cannot be parsed still becomes a `Request` carrying `error`: it produces an error result line and
-the job goes on.
+The language leader parses the file; a request is named on the wire by its index (line number
+among non-blank lines). A line that cannot be parsed still becomes a `Request` carrying `error`:
+it produces an error result line and the job goes on.
 """
 
 from __future__ import annotations
@@ -15,28 +14,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .sampling import PARAM_KEYS, SamplingParams
+
 
 @dataclass
 class Request:
     index: int  # position in the file (non-blank lines), the id used on the wire
     id: str
     messages: list[dict[str, Any]] = field(default_factory=list)
-    max_new_tokens: int | None = None
+    params: SamplingParams | None = None  # None only with `error`
     error: str | None = None  # set when the line itself is invalid
 
 
 _ID_RE = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+ROLES = ("system", "user", "assistant", "tool")
 
 
-def load_requests(path: str | os.PathLike) -> list[Request]:
-    """Parse a JSONL requests file. Never raises for a bad line (see `Request.error`)."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+def load_requests(path: str | os.PathLike, default_max_new_tokens: int) -> list[Request]:
+    """Parse a JSONL requests file. Never raises for a bad line (see `Request.error`).
+
+    Lines end at `\n` (or `\r\n`) only: JSON strings may hold U+2028, U+2029 or U+0085 raw. A
+    leading UTF-8 BOM is skipped; a line that is not valid UTF-8 becomes an error result."""
+    data = Path(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     requests: list[Request] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if not raw.strip():
             continue
-        req = parse_request_line(line, index=len(requests), line_no=line_no)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            m = _ID_RE.search(raw.decode("utf-8", errors="replace"))
+            req = Request(len(requests), m.group(1) if m else f"line-{line_no}",
+                          error=f"line {line_no} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})")
+        else:
+            req = parse_request_line(line, len(requests), line_no, default_max_new_tokens)
         if req.id in seen:  # results are keyed by id: a second one gets a unique id and an error
             dup = f"duplicate request id {req.id!r} on line {line_no}"
             req.error = dup if req.error is None else f"{dup}; {req.error}"
@@ -48,7 +63,7 @@ def load_requests(path: str | os.PathLike) -> list[Request]:
     return requests
 
 
-def parse_request_line(line: str, index: int, line_no: int) -> Request:
+def parse_request_line(line: str, index: int, line_no: int, default_max_new_tokens: int) -> Request:
     fallback_id = f"line-{line_no}"
     try:
         obj = json.loads(line)
@@ -61,13 +76,19 @@ def parse_request_line(line: str, index: int, line_no: int) -> Request:
     rid = obj.get("id")
     rid = fallback_id if rid is None else str(rid)
     try:
-        messages = _validate_messages(obj.get("messages"))
-        mnt = obj.get("max_new_tokens")
-        if mnt is not None and (isinstance(mnt, bool) or not isinstance(mnt, int) or mnt < 1):
-            raise ValueError(f"max_new_tokens must be a positive integer, got {mnt!r}")
+        return parse_request(obj, index, rid, default_max_new_tokens)
     except ValueError as e:
         return Request(index, rid, error=f"invalid request on line {line_no}: {e}")
-    return Request(index, rid, messages=messages, max_new_tokens=mnt)
+
+
+def parse_request(obj: dict[str, Any], index: int, rid: str, default_max_new_tokens: int) -> Request:
+    """A checked `Request` from a request object; ValueError names what is wrong."""
+    unknown = sorted(set(obj) - {"id", "messages", *PARAM_KEYS})
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; a request has 'id', 'messages' and {list(PARAM_KEYS)}")
+    messages = _validate_messages(obj.get("messages"))
+    params = SamplingParams.from_request(obj, default_max_new_tokens)
+    return Request(index, rid, messages=messages, params=params)
 
 
 def _validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -76,6 +97,8 @@ def _validate_messages(messages: Any) -> list[dict[str, Any]]:
     for m in messages:
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError("each message needs 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise ValueError(f"unknown role {m['role']!r}; expected one of {list(ROLES)}")
         content = m["content"]
         if isinstance(content, str):
             continue

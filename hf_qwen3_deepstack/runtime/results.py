@@ -10,32 +10,7 @@ import time
 from typing import IO, Any
 
 TIMING_KEYS = ("encode_s", "transfer_s", "prefill_s", "decode_s")
-
-
-def ok_result(
-    request_id: str,
-    text: str,
-    token_ids: list[int],
-    prompt_tokens: int,
-    visual_tokens: int,
-    timings: dict[str, float],
-    encoder_rank: int,
-    lm_rank: int,
-) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "text": text,
-        "token_ids": [int(t) for t in token_ids],
-        "prompt_tokens": int(prompt_tokens),
-        "visual_tokens": int(visual_tokens),
-        "timings": {k: round(float(timings.get(k, 0.0)), 6) for k in TIMING_KEYS},
-        "encoder_rank": int(encoder_rank),
-        "lm_rank": int(lm_rank),
-    }
-
-
-def error_result(request_id: str, error: str) -> dict[str, Any]:
-    return {"id": request_id, "error": str(error)}
+LATENCY_KEYS = ("queue_s", "ttft_s", "latency_s")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -62,6 +37,7 @@ class ResultWriter:
         self.t0 = time.perf_counter()
         self.t_end: float | None = None
         self.bar = None
+        self.tokens = 0
         self._lock = threading.Lock()
         if progress and total:
             try:
@@ -99,6 +75,9 @@ class ResultWriter:
             self.stream.write(format_result(result) + "\n")
             self.stream.flush()
         if self.bar is not None:
+            self.tokens += len(result.get("token_ids", ()))
+            elapsed = time.perf_counter() - self.t0
+            self.bar.set_postfix_str(f"{self.tokens / elapsed if elapsed > 0 else 0:.1f} tokens/s", refresh=False)
             self.bar.update(1)
         if self.done:
             self.t_end = time.perf_counter()
@@ -111,18 +90,22 @@ class ResultWriter:
             self.file.close()
             self.file = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, rank_stats: dict[int, dict[str, Any]] | None = None, roles=None) -> dict[str, Any]:
+        """Totals, throughput, latency percentiles, and what each rank did (from its `stopped` stats)."""
         wall = (self.t_end or time.perf_counter()) - self.t0
         ok = [r for r in self.results if "error" not in r]
         gen_tokens = sum(len(r["token_ids"]) for r in ok)
         stats = {}
-        for key in TIMING_KEYS + ("latency_s",):
-            vals = [_latency(r) if key == "latency_s" else r["timings"][key] for r in ok]
+        for key in TIMING_KEYS + LATENCY_KEYS:
+            vals = [r[key] if key in LATENCY_KEYS else r["timings"][key] for r in ok if key in r or key in r.get("timings", {})]
             stats[key] = {
                 "mean": sum(vals) / len(vals) if vals else float("nan"),
                 "p50": percentile(vals, 50),
                 "p95": percentile(vals, 95),
             }
+        ranks = {str(rank): s for rank, s in sorted((rank_stats or {}).items())}
+        lm = [s for s in ranks.values() if "steps" in s]
+        steps = sum(s["steps"] for s in lm)
         return {
             "requests": len(self.results),
             "ok": len(ok),
@@ -132,12 +115,15 @@ class ResultWriter:
             "wall_s": wall,
             "requests_per_s": len(self.results) / wall if wall > 0 else float("nan"),
             "tokens_per_s": gen_tokens / wall if wall > 0 else float("nan"),
+            "mean_batch_size": sum(s["mean_batch"] * s["steps"] for s in lm) / steps if steps else 0.0,
             "timings": stats,
+            "ranks": ranks,
         }
 
 
-def _latency(r: dict[str, Any]) -> float:
-    return sum(r["timings"][k] for k in TIMING_KEYS)
+def write_summary_json(path: str, summary: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -147,12 +133,19 @@ def format_summary(s: dict[str, Any]) -> str:
         f"requests      {s['requests']} ({s['ok']} ok, {s['errors']} errors)",
         f"tokens        {s['generated_tokens']} generated, {s['prompt_tokens']} prompt",
         f"wall          {s['wall_s']:.3f} s",
-        f"throughput    {s['tokens_per_s']:.1f} tokens/s, {s['requests_per_s']:.2f} requests/s",
+        f"throughput    {s['tokens_per_s']:.1f} output tokens/s, {s['requests_per_s']:.2f} requests/s",
+        f"batch         {s['mean_batch_size']:.2f} sequences per decode step (mean)",
         "",
         f"{'timing':<12}{'mean':>10}{'p50':>10}{'p95':>10}",
     ]
     for key, st in s["timings"].items():
         lines.append(f"{key:<12}{st['mean']:>10.4f}{st['p50']:>10.4f}{st['p95']:>10.4f}")
+    for rank, st in s.get("ranks", {}).items():
+        if "steps" in st:
+            lines.append(f"rank {rank:<3} language: {st['handled']} requests, busy {st['busy_s']:.3f} s, "
+                         f"mean batch {st['mean_batch']:.2f}, {st['joined_running']} joined a running batch")
+        elif "encoded" in st:
+            lines.append(f"rank {rank:<3} encoder: {st['encoded']} requests in {st['vision_batches']} vision batches")
     return "\n".join(lines)
 
 
@@ -162,8 +155,9 @@ def format_result(r: dict[str, Any]) -> str:
     t = r["timings"]
     return (
         f"[{r['id']}] {r['text']!r}\n"
-        f"    {len(r['token_ids'])} new tokens, prompt {r['prompt_tokens']} tokens ({r['visual_tokens']} visual), "
-        f"encoder rank {r['encoder_rank']} -> lm rank {r['lm_rank']}, "
+        f"    {len(r['token_ids'])} new tokens ({r['finish_reason']}), prompt {r['prompt_tokens']} tokens "
+        f"({r['visual_tokens']} visual), encoder rank {r['encoder_rank']} -> lm rank {r['lm_rank']}, "
+        f"TTFT {r['ttft_s']*1e3:.1f} ms, queue {r['queue_s']*1e3:.1f} ms, "
         f"encode {t['encode_s']*1e3:.1f} ms, transfer {t['transfer_s']*1e3:.1f} ms, "
         f"prefill {t['prefill_s']*1e3:.1f} ms, decode {t['decode_s']*1e3:.1f} ms"
     )

@@ -1,14 +1,12 @@
 """Rank -> role assignment and process groups.
 
 Global ranks 0..E-1 are encoders, E..E+L-1 language replicas; the language leader is rank E.
-Groups (created with `dist.new_group`, in the same order on every rank):
+It dispatches the requests and writes the results. Groups (created with `dist.new_group`, in the
+same order on every rank):
 
-- `encoders` / `lms`: the two role groups (backend of the world: nccl with CUDA, else gloo).
-- `ctrl`: gloo, all ranks. Small int64 control messages (request index, kind, encode time,
-  error text) from encoders to language ranks, and the final barrier. Always gloo so it works
-  with any-source receives and CPU tensors even when the data plane is NCCL.
-- `results`: gloo, language ranks only. Non-leader replicas ship finished result lines
-  (UTF-8 JSON bytes, never pickles) to the leader, which writes the output file.
+- `ctrl`: gloo, all ranks. Dispatch messages (`messages.py`: UTF-8 JSON, never pickles) and the
+  barriers. Always gloo so it works with any-source receives and CPU tensors even when the data
+  plane is NCCL.
 - data: used by `hf_qwen3_deepstack.transfer` for the EncoderOutput payloads (`data_for`). On CPU
   one gloo group of all ranks. With CUDA one ``cpu:gloo,cuda:nccl`` group per (encoder, language)
   pair: with eager initialization (`device_id`) torch runs every point-to-point operation of a
@@ -20,6 +18,7 @@ Groups (created with `dist.new_group`, in the same order on every rank):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
@@ -71,25 +70,14 @@ class Roles:
             return f"encoder {self.rank}"
         return f"language {self.rank - self.num_encoders}" + (" (leader)" if self.is_lm_leader else "")
 
-    # --- static schedule: request i -> encoder i % E -> language rank E + i % L -------------
-    def encoder_for(self, index: int) -> int:
-        return index % self.num_encoders
-
-    def lm_for(self, index: int) -> int:
-        return self.num_encoders + index % self.num_lms
-
-    def my_requests(self, n: int) -> list[int]:
-        if self.is_encoder:
-            return [i for i in range(n) if self.encoder_for(i) == self.rank]
-        return [i for i in range(n) if self.lm_for(i) == self.rank]
+    def describe(self, rank: int) -> str:
+        """Role of any global rank, e.g. 'encoder 0' or 'language 1'."""
+        return f"encoder {rank}" if rank < self.num_encoders else f"language {rank - self.num_encoders}"
 
 
 @dataclass
 class Groups:
-    encoders: Any
-    lms: Any
     ctrl: Any
-    results: Any
     data: Any  # CPU: the data group of every pair (None with CUDA)
     data_pairs: dict[tuple[int, int], Any] = field(default_factory=dict)  # CUDA: (encoder, lm) -> group
 
@@ -98,19 +86,15 @@ class Groups:
         return self.data_pairs[(encoder, lm)] if self.data_pairs else self.data
 
 
-def make_groups(roles: Roles) -> Groups:
+def make_groups(roles: Roles, timeout: timedelta | None = None) -> Groups:
     """Create every group; must be called by all ranks in the same order."""
-    backend = dist.get_backend()
-    encoders = dist.new_group(roles.encoder_ranks, backend=backend)
-    lms = dist.new_group(roles.lm_ranks, backend=backend)
-    ctrl = dist.new_group(list(range(roles.world_size)), backend="gloo")
-    results = dist.new_group(roles.lm_ranks, backend="gloo")
-    groups = Groups(encoders=encoders, lms=lms, ctrl=ctrl, results=results, data=None)
-    if backend != "nccl":
-        groups.data = dist.new_group(list(range(roles.world_size)), backend="gloo")
+    ctrl = dist.new_group(list(range(roles.world_size)), backend="gloo", timeout=timeout)
+    groups = Groups(ctrl=ctrl, data=None)
+    if dist.get_backend() != "nccl":
+        groups.data = dist.new_group(list(range(roles.world_size)), backend="gloo", timeout=timeout)
         return groups
     # the transfer's headers and control messages are host tensors (gloo), its data CUDA tensors (NCCL)
     for e in roles.encoder_ranks:
         for lm in roles.lm_ranks:
-            groups.data_pairs[(e, lm)] = dist.new_group([e, lm], backend="cpu:gloo,cuda:nccl")
+            groups.data_pairs[(e, lm)] = dist.new_group([e, lm], backend="cpu:gloo,cuda:nccl", timeout=timeout)
     return groups
