@@ -111,8 +111,9 @@ def parity_setup(tiny_checkpoint_dir, sample_images, tmp_path_factory):
     return tiny_checkpoint_dir, req_file, expected
 
 
-@pytest.mark.parametrize("how,e,l,extra", [("run", 1, 1, ()), ("run", 2, 1, ()), ("torchrun", 1, 2, ("--serial",))],
-                         ids=["1E+1L-run", "2E+1L-run", "1E+2L-torchrun-serial"])
+# `run` with 1E+1L, 2E+1L and 1E+2L under batching: tests/test_runtime_batching.py
+@pytest.mark.parametrize("how,e,l,extra", [("torchrun", 1, 2, ("--serial",)), ("run", 2, 1, ("--max-batch-size", "1"))],
+                         ids=["1E+2L-torchrun-serial", "2E+1L-run-unbatched"])
 def test_token_parity(parity_setup, tmp_path, how, e, l, extra):
     ckpt, req_file, expected = parity_setup
     out_file = tmp_path / "results.jsonl"
@@ -128,13 +129,15 @@ def test_token_parity(parity_setup, tmp_path, how, e, l, extra):
         assert r["visual_tokens"] == want["visual_tokens"]
         assert set(r["timings"]) == {"encode_s", "transfer_s", "prefill_s", "decode_s"}
         assert all(v >= 0 for v in r["timings"].values())
+        assert r["finish_reason"] in ("stop", "length")
+        assert 0 <= r["queue_s"] and 0 < r["ttft_s"] <= r["latency_s"]
         assert 0 <= r["encoder_rank"] < e and e <= r["lm_rank"] < e + l
         assert isinstance(r["text"], str)
     # work really was shared across the ranks
     assert {r["encoder_rank"] for r in results} == set(range(e))
     assert {r["lm_rank"] for r in results} == set(range(e, e + l))
     # the language leader prints the summary table
-    assert "summary" in proc.stdout and "p95" in proc.stdout and "tokens/s" in proc.stdout
+    assert "summary" in proc.stdout and "p95" in proc.stdout and "tokens/s" in proc.stdout and "ttft_s" in proc.stdout
 
 
 def test_token_parity_from_split_repos(parity_setup, tmp_path):

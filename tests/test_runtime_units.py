@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from hf_qwen3_deepstack.runtime import control
-from hf_qwen3_deepstack.runtime.options import add_runtime_arguments, forward_argv
+from hf_qwen3_deepstack.runtime import messages
+from hf_qwen3_deepstack.runtime.dispatch import DispatchLimits, Dispatcher
+from hf_qwen3_deepstack.runtime.options import RuntimeOptions, add_runtime_arguments
 from hf_qwen3_deepstack.runtime.requests import check_local_files, load_requests
-from hf_qwen3_deepstack.runtime.results import ResultWriter, error_result, format_summary, ok_result, percentile
+from hf_qwen3_deepstack.runtime.results import ResultWriter, format_summary, percentile
 from hf_qwen3_deepstack.runtime.roles import Roles
 
 
@@ -20,19 +21,39 @@ def test_requests_parsing(tmp_path):
             "max_new_tokens": 3}
     lines = [json.dumps(good), "", "{broken", json.dumps({"id": 7, "messages": "nope"}),
              json.dumps({**good, "max_new_tokens": 0}), json.dumps(good), '"just a string"',
-             '{"id": "cut", "messages": [']
+             '{"id": "cut", "messages": [', json.dumps({**good, "id": "t", "temperature": 0.7, "seed": 5}),
+             json.dumps({**good, "id": "typo", "max_tokens": 5})]
     f = tmp_path / "r.jsonl"
     f.write_text("\n".join(lines))
-    reqs = load_requests(f)
-    assert [r.index for r in reqs] == list(range(7))
-    assert reqs[0].error is None and reqs[0].max_new_tokens == 3 and reqs[0].id == "a"
+    reqs = load_requests(f, default_max_new_tokens=9)
+    assert [r.index for r in reqs] == list(range(9))
+    assert reqs[0].error is None and reqs[0].params.max_new_tokens == 3 and reqs[0].id == "a"
     assert reqs[1].id == "line-3" and "malformed JSON" in reqs[1].error
     assert reqs[2].id == "7" and "messages" in reqs[2].error
     assert "max_new_tokens" in reqs[3].error and "duplicate" in reqs[3].error and reqs[3].id == "a#line5"
     assert "duplicate" in reqs[4].error and reqs[4].id != "a"
     assert reqs[5].id == "line-7" and "not a JSON object" in reqs[5].error
     assert reqs[6].id == "cut" and "malformed" in reqs[6].error  # id recovered from a broken line
+    assert reqs[7].params.temperature == 0.7 and reqs[7].params.seed == 5 and reqs[7].params.max_new_tokens == 3
+    assert "max_tokens" in reqs[8].error  # an unknown field is named, not ignored
     assert len({r.id for r in reqs}) == len(reqs)
+
+
+def test_request_lines_split_on_newlines_only_and_reject_bad_utf8_and_unknown_roles(tmp_path):
+    text = "x\u2028y\u2029z\u0085w"  # raw in the file: str.splitlines() would cut the line at each
+    rows = [json.dumps({"id": "raw", "messages": [{"role": "user", "content": text}]}, ensure_ascii=False),
+            json.dumps({"id": "crlf", "messages": [{"role": "user", "content": "hi"}]}),
+            json.dumps({"id": "robot", "messages": [{"role": "robot", "content": "hi"}]})]
+    data = b"\xef\xbb\xbf" + rows[0].encode() + b"\n" + rows[1].encode() + b"\r\n" + rows[2].encode() + b"\n"
+    data += b'{"id": "latin1", "messages": [{"role": "user", "content": "caf\xe9"}]}\n'
+    f = tmp_path / "r.jsonl"
+    f.write_bytes(data)
+    reqs = load_requests(f, default_max_new_tokens=4)
+    assert [r.id for r in reqs] == ["raw", "crlf", "robot", "latin1"]
+    assert reqs[0].error is None and reqs[0].messages[0]["content"] == text  # BOM skipped, line whole
+    assert reqs[1].error is None
+    assert "unknown role 'robot'" in reqs[2].error
+    assert "not valid UTF-8" in reqs[3].error and "line 4" in reqs[3].error
 
 
 def test_check_local_files(tmp_path):
@@ -45,29 +66,67 @@ def test_check_local_files(tmp_path):
         check_local_files([{"role": "user", "content": [{"type": "video", "video": [str(img), "gone.png"]}]}])
 
 
-def test_control_roundtrip():
-    msg = control.Control(control.ERROR, 12345, 0.25, 3, "image file not found: /tmp/é.png" + "x" * 5000)
-    back = control.unpack(control.pack(msg))
-    assert (back.kind, back.index, back.sender) == (control.ERROR, 12345, 3)
-    assert abs(back.encode_s - 0.25) < 1e-9
-    assert back.error.startswith("image file not found: /tmp/é.png") and len(back.error) <= 8 * control.ERROR_TEXT_WORDS
-    ok = control.unpack(control.pack(control.Control(control.PAYLOAD, 0, 1.5, 0)))
-    assert ok.kind == control.PAYLOAD and ok.error is None
-    bad = control.pack(msg)
-    bad[0] = 1
-    with pytest.raises(RuntimeError, match="corrupt"):
-        control.unpack(bad)
+def test_dispatch_message_header_is_checked_before_allocating(monkeypatch):
+    def fake_recv(tensor, src=None, group=None, tag=0):
+        tensor.copy_(torch.tensor([messages.MAGIC, 1 << 40]))  # a terabyte announced
+        return 3
+
+    monkeypatch.setattr(messages.dist, "recv", fake_recv)
+    with pytest.raises(RuntimeError, match="rank 3.*1099511627776 bytes"):
+        messages.recv_any(group=None)
 
 
-def test_roles_and_schedule():
+def test_roles():
     r = Roles(rank=3, world_size=5, num_encoders=2, num_lms=3)
     assert r.is_lm and not r.is_lm_leader and r.lm_leader == 2 and r.lm_ranks == [2, 3, 4]
-    n = 11
-    enc = [Roles(e, 5, 2, 3).my_requests(n) for e in range(2)]
-    lms = [Roles(l, 5, 2, 3).my_requests(n) for l in range(2, 5)]
-    assert sorted(sum(enc, [])) == list(range(n)) and sorted(sum(lms, [])) == list(range(n))
+    assert r.describe(1) == "encoder 1" and r.describe(4) == "language 2"
     with pytest.raises(ValueError, match="E \\+ L"):
         Roles(0, 4, 2, 1)
+
+
+def _request(index, new_tokens):
+    from hf_qwen3_deepstack.runtime.requests import parse_request
+
+    return parse_request({"messages": [{"role": "user", "content": "hi"}], "max_new_tokens": new_tokens},
+                         index, f"r{index}", 4)
+
+
+def test_dispatch_sends_work_to_the_replica_with_the_most_free_capacity():
+    sent, written = [], []
+    d = Dispatcher([0, 1], [2, 3], DispatchLimits(encoder_slots=2, lm_slots=4),
+                   lambda msg, dst: sent.append((msg["kind"], msg["index"], dst)), written.append)
+    for i, n in enumerate([40, 2, 2, 2, 2, 2, 2]):
+        d.submit(_request(i, n))
+    d.dispatch()
+    assigned = [(i, dst) for kind, i, dst in sent if kind == "assign"]
+    expected_lm = {i: dst for kind, i, dst in sent if kind == "expect"}
+    assert [i for i, _ in assigned] == [0, 1, 2, 3]  # 2 encoders x 2 slots
+    assert {dst for _, dst in assigned} == {0, 1}
+    assert expected_lm[0] == 2 and expected_lm[1] == expected_lm[2] == expected_lm[3] == 3  # the long one has 2 alone
+    d.on_encoded(0, [{"index": 0, "encode_s": 0.1, "sent_at": 0.0}])  # encoder 0 frees a slot
+    d.dispatch()
+    assert ("assign", 4, 0) in sent and ("expect", 4, 3) in sent
+    d.on_failed(1, 1, "image file not found: x.png")  # an error result, and the replica forgets it
+    assert written == [{"id": "r1", "error": "image file not found: x.png"}] and ("drop", 1, 3) in sent
+    with pytest.raises(RuntimeError, match="not assigned"):
+        d.on_encoded(1, [{"index": 0, "encode_s": 0.1, "sent_at": 0.0}])
+    assert d.queue_depth == 2 and d.in_flight == 4
+
+
+def test_serial_dispatch_holds_one_request_in_the_system():
+    sent = []
+    d = Dispatcher([0], [1, 2], DispatchLimits(encoder_slots=8, lm_slots=8, serial=True),
+                   lambda msg, dst: sent.append((msg["kind"], msg["index"], dst)), lambda r: None)
+    for i in range(3):
+        d.submit(_request(i, 3))
+    d.dispatch()
+    assert [x for x in sent if x[0] == "assign"] == [("assign", 0, 0)]
+    d.on_encoded(0, [{"index": 0, "encode_s": 0.1, "sent_at": 0.0}])
+    d.dispatch()
+    assert len([x for x in sent if x[0] == "assign"]) == 1  # still generating
+    d.on_result(1, {"index": 0, "error": "x"})
+    d.dispatch()
+    assert [x for x in sent if x[0] == "expect"] == [("expect", 0, 1), ("expect", 1, 2)]  # and spread over both
 
 
 @pytest.mark.parametrize("backend", ["gloo", "nccl"])
@@ -79,7 +138,7 @@ def test_every_encoder_language_pair_gets_a_data_group_of_its_own_on_nccl(monkey
 
     made = []
 
-    def new_group(ranks, backend):
+    def new_group(ranks, backend, timeout=None):
         made.append((tuple(ranks), backend))
         return len(made) - 1
 
@@ -105,24 +164,38 @@ def test_writer_summary(tmp_path):
     out = tmp_path / "o.jsonl"
     w = ResultWriter(str(out), total=3, progress=False)
     for i in range(2):
-        w.write(ok_result(f"r{i}", "hi", [1, 2, 3], 10, 4, {"encode_s": 0.1, "transfer_s": 0.01,
-                                                             "prefill_s": 0.02, "decode_s": 0.3 + i}, 0, 1))
-    w.write(error_result("bad", "nope"))
-    w.write(error_result("bad", "again"))  # never twice
+        w.write({"id": f"r{i}", "text": "hi", "token_ids": [1, 2, 3], "finish_reason": "length", "prompt_tokens": 10,
+                 "visual_tokens": 4, "timings": {"encode_s": 0.1, "transfer_s": 0.01, "prefill_s": 0.02,
+                                                 "decode_s": 0.3 + i},
+                 "queue_s": 0.0, "ttft_s": 0.2 + i, "latency_s": 0.5 + i, "encoder_rank": 0, "lm_rank": 1})
+    w.write({"id": "bad", "error": "nope"})
+    w.write({"id": "bad", "error": "again"})  # never twice
     w.close()
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["id"] for x in lines] == ["r0", "r1", "bad"]
-    s = w.summary()
+    s = w.summary({1: {"steps": 10, "mean_batch": 1.5, "handled": 2, "busy_s": 1.0, "joined_running": 1},
+                   0: {"encoded": 3, "vision_batches": 2}})
     assert (s["requests"], s["ok"], s["errors"], s["generated_tokens"]) == (3, 2, 1, 6)
     assert s["timings"]["decode_s"]["p50"] == pytest.approx(0.8)
+    assert s["timings"]["ttft_s"]["p50"] == pytest.approx(0.7) and s["mean_batch_size"] == 1.5
     text = format_summary(s)
-    assert "tokens/s" in text and "p95" in text and "decode_s" in text
+    assert "tokens/s" in text and "p95" in text and "ttft_s" in text and "mean batch 1.50" in text
 
 
-def test_forward_argv_roundtrip():
+def test_options_argv_roundtrip():
     p = argparse.ArgumentParser()
     add_runtime_arguments(p)
     args = p.parse_args(["--requests", "r.jsonl", "--encoders", "2", "--lms", "3", "--dtype", "bfloat16",
-                         "--capacity-tokens", "100", "--print-results", "--quiet"])
-    again = p.parse_args(forward_argv(args))
-    assert vars(again) == vars(args)
+                         "--capacity-tokens", "100", "--print-results", "--quiet", "--max-batch-size", "4"])
+    opts = RuntimeOptions.from_args(args)
+    assert RuntimeOptions.from_args(p.parse_args(opts.argv())) == opts
+    assert opts.max_batch_size == 4 and opts.print_results and not opts.serial
+
+
+def test_every_runtime_option_has_help_showing_its_default():
+    p = argparse.ArgumentParser()
+    add_runtime_arguments(p)
+    for action in p._actions[1:]:
+        assert action.help, action.dest
+        if action.default not in (None, False):
+            assert "%(default)s" in action.help, action.dest

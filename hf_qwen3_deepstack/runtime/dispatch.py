@@ -1,9 +1,9 @@
 """Work-conserving dispatch, run by the language leader between its decode steps.
 
 A request goes to the encoder with the fewest requests in hand (below `encoder_slots`), and to
-the language replica with the most free capacity: the fewest requests dispatched to it and not yet
-finished (below `lm_slots`), then the fewest reserved new tokens; ties go to the rank that has
-handled the fewest so far. The leader tells the replica the
+the language replica with the most free capacity: the fewest new tokens still to generate for the
+requests dispatched to it and not finished (at most `lm_slots` requests), then the fewest such
+requests; ties go to the rank that has handled the fewest so far. The leader tells the replica the
 request's parameters (`expect`) and the encoder what to encode and where to send it (`assign`).
 Encoders report `encoded` (their slot frees) or `failed` (the request gets an error result and the
 replica is told to `drop` it); replicas report each `result`.
@@ -77,7 +77,7 @@ class Dispatcher:
                 if time.perf_counter() - self._last_dispatch < self.limits.serial_gap_s:
                     return
             enc = min(self.encoders, key=lambda e: (self.encoders[e].requests, self.encoders[e].handled, e))
-            lm = min(self.lms, key=lambda r: (self.lms[r].requests, self.lms[r].new_tokens, self.lms[r].handled, r))
+            lm = min(self.lms, key=lambda r: (self.lms[r].new_tokens, self.lms[r].requests, self.lms[r].handled, r))
             if (self.encoders[enc].requests >= self.limits.encoder_slots
                     or self.lms[lm].requests >= self.limits.lm_slots):
                 return

@@ -74,8 +74,8 @@ def run_encoder(ctx) -> None:
                 handled += 1
         while todo:
             batch, todo = _next_batch(todo, opts.encoder_batch_patches, opts.encoder_batch_requests)
-            faults.maybe_die(roles.rank, handled)
-            report = _encode_and_send(ctx, encoder, batch, outbox)
+            faults.maybe_delay(roles.rank)
+            report = _encode_and_send(ctx, encoder, batch, outbox, handled)
             if report["ok"]:
                 messages.send({"kind": "encoded", "items": report["ok"]}, leader, groups.ctrl)
             for index, error in report["failed"]:
@@ -101,7 +101,7 @@ def _next_batch(items: list[Prepared], budget: int, max_requests: int) -> tuple[
     return batch, []
 
 
-def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox) -> dict[str, list]:
+def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox, handled: int) -> dict[str, list]:
     """Encode `batch` in one vision call (one by one if that fails, so a bad request fails alone)."""
     t0 = time.perf_counter()
     try:
@@ -120,7 +120,8 @@ def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox) -> dic
         torch.cuda.synchronize(ctx.device)
     vision_s = time.perf_counter() - t0
     report: dict[str, list] = {"ok": [], "failed": []}
-    for item, out in zip(batch, results):
+    for n, (item, out) in enumerate(zip(batch, results)):
+        faults.maybe_die(ctx.roles.rank, handled + n)
         if isinstance(out, Exception):
             ctx.log(f"request {item.index}: {out}")
             report["failed"].append((item.index, str(out)))

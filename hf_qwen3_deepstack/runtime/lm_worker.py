@@ -101,6 +101,7 @@ class LanguageReplica:
 
     # --- one scheduling round ----------------------------------------------------------------------
     def round(self) -> None:
+        faults.maybe_delay(self.rank)
         finished: list[Sequence] = []
         joining: list[tuple[Sequence, Arrival]] = []
         while self.waiting and self.batch.fits([s for s, _ in joining], self.waiting[0][0]):
