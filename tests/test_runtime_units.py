@@ -199,3 +199,18 @@ def test_every_runtime_option_has_help_showing_its_default():
         assert action.help, action.dest
         if action.default not in (None, False):
             assert "%(default)s" in action.help, action.dest
+
+
+def test_a_result_that_overtakes_the_encoders_report_is_written_once_the_report_arrives():
+    written = []
+    d = Dispatcher([0], [1], DispatchLimits(encoder_slots=2, lm_slots=2), lambda msg, dst: None, written.append)
+    d.submit(_request(0, 3), arrival=100.0)
+    d.dispatch()
+    d.on_result(1, {"index": 0, "text": "x", "token_ids": [1], "timings": {"prefill_s": 0.1, "decode_s": 0.0},
+                    "received_at": 100.5, "admitted_at": 100.6, "first_token_at": 100.7, "done_at": 100.8})
+    assert written == []  # its encode time is not known yet
+    d.on_encoded(0, [{"index": 0, "encode_s": 0.25, "sent_at": 100.3}])
+    (line,) = written
+    assert line["timings"]["encode_s"] == 0.25 and line["timings"]["transfer_s"] == pytest.approx(0.2)
+    assert line["ttft_s"] == pytest.approx(0.7) and line["queue_s"] == pytest.approx(0.15)
+    assert d.in_flight == 0

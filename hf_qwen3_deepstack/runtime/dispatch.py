@@ -35,6 +35,7 @@ class Record:
     encoder: int = -1
     lm: int = -1
     encoding: bool = False  # assigned to `encoder`, not yet reported encoded or failed
+    result: dict[str, Any] | None = None  # a result that came before the encoder's report
     encode_s: float = 0.0
     sent_at: float = 0.0
 
@@ -102,6 +103,8 @@ class Dispatcher:
                 raise RuntimeError(f"rank {encoder} reported encoding request {item['index']}, not assigned to it")
             rec.encode_s, rec.sent_at = float(item["encode_s"]), float(item["sent_at"])
             self._release_encoder(rec)
+            if rec.result is not None:  # the replica was quicker than this report
+                self._complete(rec)
 
     def on_failed(self, encoder: int, index: int, error: str) -> None:
         rec = self.records.get(index)
@@ -110,14 +113,22 @@ class Dispatcher:
         self._release_encoder(rec)
         self.send({"kind": "drop", "index": index}, rec.lm)
         self._release_lm(rec)
+        del self.records[index]
         self.finish({"id": rec.request.id, "error": error})
 
     def on_result(self, lm: int, result: dict[str, Any]) -> None:
         index = int(result.pop("index"))
         rec = self.records.get(index)
-        if rec is None or rec.lm != lm:
+        if rec is None or rec.lm != lm or rec.result is not None:
             raise RuntimeError(f"rank {lm} sent a result for request {index}, not dispatched to it")
         self._release_lm(rec)
+        rec.result = result
+        if not rec.encoding:
+            self._complete(rec)
+
+    def _complete(self, rec: Record) -> None:
+        del self.records[rec.request.index]
+        result = rec.result
         if "error" not in result:
             timings = result["timings"]
             timings["encode_s"] = round(rec.encode_s, 6)
@@ -139,4 +150,3 @@ class Dispatcher:
         load.requests -= 1
         load.new_tokens -= rec.request.params.max_new_tokens
         load.handled += 1
-        del self.records[rec.request.index]
