@@ -10,7 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("hf_qwen3_deepstack.runtime.cli", "serve a JSONL file of requests on E encoder + L language ranks"),
     "tiny-checkpoint": ("hf_qwen3_deepstack.tiny_checkpoint.cli", "write the tiny Qwen3-VL-MoE checkpoint"),
     "split": ("hf_qwen3_deepstack.hub.split_cli", "split a Qwen3-VL-MoE checkpoint into two Hub repos"),
-    "bench": ("hf_qwen3_deepstack.bench.cli", "benchmarks: transfer | pipeline"),
+    "bench": ("hf_qwen3_deepstack.bench.cli", "benchmarks: transfer | serve"),
 }
 
 

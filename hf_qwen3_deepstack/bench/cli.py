@@ -8,7 +8,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "transfer": ("hf_qwen3_deepstack.bench.transfer", "EncoderOutput send/recv vs raw dist.send, 64 KB..64 MB"),
-    "pipeline": ("hf_qwen3_deepstack.bench.pipeline", "end-to-end encoder -> language pipeline"),
+    "serve": ("hf_qwen3_deepstack.bench.serve", "throughput and latency of the runtime vs transformers, batched"),
 }
 
 

@@ -83,6 +83,8 @@ class Dispatcher:
                     or self.lms[lm].requests >= self.limits.lm_slots):
                 return
             rec = self.pending.popleft()
+            if self.limits.serial:  # the request meets an idle system: its clock starts now
+                rec.arrival = time.time()
             rec.encoder, rec.lm, rec.encoding = enc, lm, True
             self.records[rec.request.index] = rec
             new_tokens = rec.request.params.max_new_tokens

@@ -67,6 +67,16 @@ def load_lm(model: str, dtype: torch.dtype, device: torch.device):
     return tokenizer, lm
 
 
+def load_monolithic(model: str, dtype: torch.dtype, device: torch.device):
+    """transformers' own monolithic model and processor (the reference the split must reproduce)."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    from hf_qwen3_deepstack.tiny_checkpoint.video import load_processor
+
+    reference = Qwen3VLMoeForConditionalGeneration.from_pretrained(model, dtype=dtype).to(device).eval()
+    return load_processor(model), reference
+
+
 def build_prompt(processor, messages):
     """Exactly the prompt of the issue: the checkpoint's chat template, generation prompt on."""
     return processor.apply_chat_template(
