@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
+    "EncoderOnlyOutput": "modeling_encoder_only",
     "EncoderOutput": "encoder_output",
     "Qwen3DeepStackConfig": "configuration_qwen3_deepstack",
     "Qwen3ForCausalLMWithDeepStack": "modeling_qwen3_deepstack",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
     from .configuration_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnlyConfig
     from .encoder_output import EncoderOutput
+    from .modeling_encoder_only import EncoderOnlyOutput
     from .modeling_qwen3_moe_deepstack import Qwen3MoeForCausalLMWithDeepStack, Qwen3MoeModelWithDeepStack
     from .modeling_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnly, Qwen3VLMoeEncoderOnlyOutput
 
