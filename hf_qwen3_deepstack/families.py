@@ -92,7 +92,8 @@ FAMILIES: dict[str, ModelFamily] = {
 }
 
 
-def family_for_model_type(model_type: str | None, half: Half | None = None, where: str = "the checkpoint") -> ModelFamily:
+def family_for_model_type(model_type: str | None, half: Half | None = None,
+                          where: str = "the checkpoint") -> ModelFamily:
     """The family whose `half` loads from a config of `model_type`; ValueError naming the accepted ones."""
     for family in FAMILIES.values():
         if model_type in family.model_types(half):

@@ -4,7 +4,7 @@ Qwen3ForCausalLM): fp32 logits within 1e-5 and identical greedy tokens, tied and
 
 import pytest
 import torch
-from _checkpoints import left_padded_batch, prompt, text_checkpoint, vl_checkpoint, with_token_types
+from _checkpoints import left_padded_batch, prompt, reshard_by_half, text_checkpoint, vl_checkpoint, with_token_types
 from transformers import Qwen3ForCausalLM, Qwen3VLForConditionalGeneration
 
 from hf_qwen3_deepstack import Qwen3ForCausalLMWithDeepStack, Qwen3VLEncoderOnly
@@ -123,3 +123,16 @@ def test_text_qwen3_checkpoint_matches_qwen3_for_causal_lm(text_models):
     kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
     expected = ref.generate(input_ids=batch, attention_mask=mask, **kwargs)
     assert torch.equal(lm.generate(input_ids=batch, attention_mask=mask, **kwargs), expected)
+
+
+@pytest.mark.parametrize("half", ["vision", "language"])
+def test_each_half_never_reads_the_other_halfs_shard(models, tmp_path_factory, tmp_path, half):
+    """With the other half's shard deleted, each half still loads every own weight from the full checkpoint."""
+    _, enc, lm = models["untied"]
+    shards = reshard_by_half(dense_checkpoint(tmp_path_factory.getbasetemp(), "untied"), tmp_path / "halves")
+    shards["language" if half == "vision" else "vision"].unlink()
+    loaded = (Qwen3VLEncoderOnly if half == "vision" else Qwen3ForCausalLMWithDeepStack).from_pretrained(
+        tmp_path / "halves")
+    expected = enc if half == "vision" else lm
+    for (name, a), b in zip(loaded.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -315,7 +315,8 @@ def plan_split(
     missing = sorted(required - names)
     if missing:
         raise SplitError(
-            f"source checkpoint is missing {len(missing)} tensor(s) of {family.display_name}, e.g. {', '.join(missing[:3])}"
+            f"source checkpoint is missing {len(missing)} tensor(s) of {family.display_name}, "
+            f"e.g. {', '.join(missing[:3])}"
         )
     skipped = sorted(k for k in names if k not in expected)
     if skipped:
@@ -346,13 +347,14 @@ def plan_split(
             planned = []
             for key in sorted(keys, key=lambda k: (file_order[infos[k].file], infos[k].begin)):
                 info = infos[key]
+                fused = family.has_experts and key.endswith((GATE_UP, DOWN))
                 transpose = False
-                if family.has_experts and key.endswith((GATE_UP, DOWN)):
+                if fused:
                     transpose = expert_transpose_needed(key, info.shape, text.hidden_size, text.moe_intermediate_size,
                                                         text.num_experts, tf_hint)
                 shape = (info.shape[0], info.shape[2], info.shape[1]) if transpose else info.shape
                 # transformers holds fused experts transposed: compare in its layout
-                check = (shape[0], shape[2], shape[1]) if family.has_experts and key.endswith((GATE_UP, DOWN)) else shape
+                check = (shape[0], shape[2], shape[1]) if fused else shape
                 if check != expected[key]:
                     raise SplitError(f"{key} has shape {list(info.shape)}, expected {list(expected[key])} for this config")
                 target = out_dtype if (out_dtype is not None and info.dtype.is_floating_point) else info.dtype
