@@ -11,7 +11,10 @@ Classes are imported on first use, so reading this table costs no model imports.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Half = Literal["encoder", "lm"]
@@ -103,12 +106,26 @@ def family_for_model_type(model_type: str | None, half: Half | None = None,
     raise ValueError(f"{where} has model_type {model_type!r}; {what} loads from model_type {accepted}.")
 
 
-def read_model_type(model: str) -> str | None:
-    """`model_type` of a local checkpoint folder or a Hub id's config.json (no class is built)."""
+def read_model_type(model: str | os.PathLike) -> str | None:
+    """`model_type` of a local checkpoint folder's or a Hub id's config.json (no class is built)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{model} has no config.json; expected a checkpoint folder") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{config_file} is not a readable JSON config: {e}") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
+        return config.get("model_type")
+    if str(model).startswith(("/", "./", "../", "~")) or path.exists():
+        raise FileNotFoundError(f"checkpoint folder {model} does not exist")
     from transformers import PreTrainedConfig
 
-    config_dict, _ = PreTrainedConfig.get_config_dict(model)
-    return config_dict.get("model_type")
+    config, _ = PreTrainedConfig.get_config_dict(str(model))  # a Hub id: the cache, or a download
+    return config.get("model_type")
 
 
 def family_of(model: str, half: Half | None = None) -> ModelFamily:

@@ -77,7 +77,7 @@ def test_load_monolithic_gives_transformers_own_model(checkpoints, family):
         load_monolithic(str(enc_repo), FP32, CPU)
 
 
-def test_a_half_of_the_wrong_kind_or_an_unknown_model_type_is_refused_by_name(checkpoints):
+def test_a_half_of_the_wrong_kind_or_an_unknown_model_type_is_refused_by_name(checkpoints, tmp_path):
     _, enc_repo, lm_repo = checkpoints["dense"]
     with pytest.raises(ValueError, match="model_type 'qwen3_deepstack'; an encoder loads from model_type .*'qwen3_vl'"):
         load_encoder(str(lm_repo), FP32, CPU)
@@ -85,3 +85,7 @@ def test_a_half_of_the_wrong_kind_or_an_unknown_model_type_is_refused_by_name(ch
         load_lm(str(enc_repo), FP32, CPU)
     with pytest.raises(ValueError, match="model_type 'llama'"):
         family_for_model_type("llama")
+    with pytest.raises(FileNotFoundError, match="checkpoint folder .*missing does not exist"):
+        load_lm(str(tmp_path / "missing"), FP32, CPU)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_encoder(str(tmp_path), FP32, CPU)
