@@ -177,9 +177,11 @@ class SplitResult:
                          f"(e.g. {self.skipped_keys[0]})")
         for plan in (self.encoder, self.lm):
             size = human_size(plan.total_size) if plan.sizes_known else "size known after download"
+            experts = ""
+            if plan.family.has_experts:
+                experts = f", {plan.transposed} expert tensors transposed to the Hub layout"
             lines.append(f"{plan.half}: {verb} {plan.out} ({len(plan.tensors)} tensors, {size}, "
-                         f"{len(plan.shards)} shard(s), dtype {plan.dtype_name}, "
-                         f"{plan.transposed} expert tensors transposed to the Hub layout)")
+                         f"{len(plan.shards)} shard(s), dtype {plan.dtype_name}{experts})")
             for name in plan.file_names():
                 lines.append(f"  {name}")
         return "\n".join(lines)
