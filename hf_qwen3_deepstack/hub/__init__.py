@@ -1,4 +1,4 @@
-"""Publishable Hub repos: split a Qwen3-VL-MoE checkpoint into an encoder repo and a language
+"""Publishable Hub repos: split a Qwen3-VL(-MoE) checkpoint into an encoder repo and a language
 repo that load with plain transformers (`trust_remote_code=True`), render their model cards,
 and push them."""
 

@@ -13,12 +13,14 @@ from typing import Literal
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..families import FAMILIES, ModelFamily
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "model_card_templates"
 Half = Literal["encoder", "lm"]
 
 PIPELINE_TAGS = {"encoder": "image-feature-extraction", "lm": "image-text-to-text"}
-COMMON_TAGS = ["qwen3_vl_moe", "deepstack", "disaggregated-inference", "custom_code"]
-HALF_TAGS = {"encoder": ["vision-encoder", "qwen3_vl_moe_encoder_only"], "lm": ["moe", "qwen3_moe_deepstack"]}
+COMMON_TAGS = ["deepstack", "disaggregated-inference", "custom_code"]
+HALF_TAGS = {"encoder": ["vision-encoder"], "lm": []}
 
 EXPERT_LAYOUT_NOTE = """\
 Weights are sharded safetensors with an index (`model.safetensors.index.json`), keys identical
@@ -27,6 +29,9 @@ checkpoints published on the Hub: `mlp.experts.gate_up_proj` as **(E, H, 2I)** a
 `mlp.experts.down_proj` as **(E, I, H)** (E experts, H hidden size, I `moe_intermediate_size`).
 transformers 5 holds these tensors transposed in memory, (E, 2I, H) / (E, H, I); the remote code
 loads either layout, detecting it per tensor from the shapes."""
+DENSE_LAYOUT_NOTE = """\
+Weights are safetensors, keys identical to the source checkpoint's. The language model's MLP is
+dense (no experts), so every tensor keeps the source's shape."""
 
 TORCHRUN_SNIPPET = '''\
 One encoder rank and one language rank with plain `torch.distributed`: NCCL and one GPU per rank
@@ -96,6 +101,7 @@ class CardInfo:
     num_tensors: int
     total_size: int
     model_type: str
+    family: ModelFamily = FAMILIES["moe"]
     license: dict[str, str] = field(default_factory=dict)  # license / license_name / license_link
     details: dict = field(default_factory=dict)  # architecture numbers shown in the body
     tool_version: str = ""
@@ -122,7 +128,8 @@ def card_data(info: CardInfo) -> ModelCardData:
         library_name="transformers",
         base_model=info.base_model,
         pipeline_tag=PIPELINE_TAGS[info.half],
-        tags=[*COMMON_TAGS, *HALF_TAGS[info.half]],
+        tags=[info.family.vl_model_type, *COMMON_TAGS, *HALF_TAGS[info.half],
+              *(["moe"] if info.half == "lm" and info.family.has_experts else []), info.model_type],
         **info.license,
     )
 
@@ -147,6 +154,8 @@ def render_card(info: CardInfo) -> ModelCard:
         model_type=info.model_type,
         tool_version=info.tool_version or __version__,
         torchrun_snippet=TORCHRUN_SNIPPET.format(encoder_repo_id=encoder_id, lm_repo_id=lm_id),
-        expert_layout_note=EXPERT_LAYOUT_NOTE,
+        expert_layout_note=EXPERT_LAYOUT_NOTE if info.family.has_experts else DENSE_LAYOUT_NOTE,
+        family_name=info.family.display_name,
+        monolithic_class=info.family.monolithic_path.rsplit(".", 1)[-1],
         **info.details,
     )

@@ -36,7 +36,7 @@ def push_split(
     *,
     private: bool = False,
     token: str | bool | None = None,
-    commit_message: str = "Upload split Qwen3-VL-MoE half (hf-qwen3-deepstack split)",
+    commit_message: str = "Upload split Qwen3-VL half (hf-qwen3-deepstack split)",
     dry_run: bool = False,
 ) -> list[str]:
     """Create both repos (exist_ok) and upload each folder; returns the commit URLs (or, with

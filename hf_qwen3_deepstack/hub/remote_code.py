@@ -56,6 +56,28 @@ LM_CODE = RemoteCode(
     },
     architecture="Qwen3MoeForCausalLMWithDeepStack",
 )
+DENSE_ENCODER_CODE = RemoteCode(
+    config_module="configuration_qwen3_vl_encoder_only",
+    config_class="Qwen3VLEncoderOnlyConfig",
+    modeling_module="modeling_qwen3_vl_encoder_only",
+    auto_classes={"AutoModel": "Qwen3VLEncoderOnly"},
+    architecture="Qwen3VLEncoderOnly",
+)
+DENSE_LM_CODE = RemoteCode(
+    config_module="configuration_qwen3_deepstack",
+    config_class="Qwen3DeepStackConfig",
+    modeling_module="modeling_qwen3_deepstack",
+    auto_classes={
+        "AutoModel": "Qwen3ModelWithDeepStack",
+        "AutoModelForCausalLM": "Qwen3ForCausalLMWithDeepStack",
+    },
+    architecture="Qwen3ForCausalLMWithDeepStack",
+)
+# family name -> half -> the code its repo ships
+REMOTE_CODE: dict[str, dict[str, RemoteCode]] = {
+    "moe": {"encoder": ENCODER_CODE, "lm": LM_CODE},
+    "dense": {"encoder": DENSE_ENCODER_CODE, "lm": DENSE_LM_CODE},
+}
 
 
 def _relative_imports(file: Path) -> list[str]:

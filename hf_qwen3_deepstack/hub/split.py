@@ -1,4 +1,5 @@
-"""Split a Qwen3-VL-MoE checkpoint into two loadable repos: the vision encoder and the DeepStack LM.
+"""Split a Qwen3-VL-MoE or dense Qwen3-VL checkpoint into two loadable repos: the vision encoder and
+the DeepStack LM. The family comes from the source's `model_type` (`qwen3_vl_moe` or `qwen3_vl`).
 
     from hf_qwen3_deepstack.hub import split_checkpoint
     result = split_checkpoint("Qwen/Qwen3-VL-30B-A3B-Instruct", "out/encoder", "out/lm", dtype="bfloat16")
@@ -10,7 +11,7 @@ runs before anything is written; the repos are written into temporary sibling fo
 renamed into place at the very end, so a failed or interrupted split leaves no output behind.
 
 Output keys: encoder repo `model.visual.*`; language repo `model.language_model.*` and
-`lm_head.weight` (omitted when the source ties embeddings and has none). Fused experts are
+`lm_head.weight` (omitted when the source ties embeddings and has none). Fused experts (MoE) are
 written in the Hub layout, gate_up_proj (E, H, 2I) and down_proj (E, I, H), whatever the source
 layout (transformers 5 writes (E, 2I, H) / (E, H, I)).
 """
@@ -31,15 +32,15 @@ from typing import Literal
 
 import torch
 
+from ..families import FAMILIES, ModelFamily
 from .model_card import CardInfo, human_size, render_card
-from .remote_code import ENCODER_CODE, LM_CODE, RemoteCode, RemoteCodeError, copy_code
+from .remote_code import REMOTE_CODE, RemoteCode, RemoteCodeError, copy_code
 from .safetensors_io import PlannedTensor, SafetensorsError, TensorInfo, read_header, write_shard
 from .source import ResolvedSource, SourceError, read_source_card_license, resolve_source
 
 logger = logging.getLogger(__name__)
 
 Half = Literal["encoder", "lm"]
-VL_MODEL_TYPE = "qwen3_vl_moe"
 ENCODER_PREFIX = "model.visual."
 LM_PREFIX = "model.language_model."
 LM_HEAD = "lm_head.weight"
@@ -130,6 +131,7 @@ class RepoPlan:
     repo_id: str  # push target or folder name, used in the cards
     code: RemoteCode
     config: object  # PreTrainedConfig of the half
+    family: ModelFamily = FAMILIES["moe"]
     shards: list[list[PlannedTensor]] = field(default_factory=list)
     extra_files: list[Path] = field(default_factory=list)  # copied verbatim from the source
     dtype_name: str = "auto"
@@ -175,9 +177,11 @@ class SplitResult:
                          f"(e.g. {self.skipped_keys[0]})")
         for plan in (self.encoder, self.lm):
             size = human_size(plan.total_size) if plan.sizes_known else "size known after download"
+            experts = ""
+            if plan.family.has_experts:
+                experts = f", {plan.transposed} expert tensors transposed to the Hub layout"
             lines.append(f"{plan.half}: {verb} {plan.out} ({len(plan.tensors)} tensors, {size}, "
-                         f"{len(plan.shards)} shard(s), dtype {plan.dtype_name}, "
-                         f"{plan.transposed} expert tensors transposed to the Hub layout)")
+                         f"{len(plan.shards)} shard(s), dtype {plan.dtype_name}{experts})")
             for name in plan.file_names():
                 lines.append(f"  {name}")
         return "\n".join(lines)
@@ -218,38 +222,40 @@ def _weight_files(path: Path, allow_missing: bool) -> tuple[list[Path], dict[str
     raise SplitError(f"no safetensors weights in {path}: expected model.safetensors or model.safetensors.index.json{hint}")
 
 
-def _load_vl_config(path: Path):
-    from transformers import Qwen3VLMoeConfig
+_EXPECTED_SRC = "a Qwen3-VL-MoE checkpoint (model_type 'qwen3_vl_moe') or a dense Qwen3-VL one ('qwen3_vl')"
 
+
+def _load_vl_config(path: Path) -> tuple[ModelFamily, object, dict]:
+    """(family, full config, raw config.json) of the source; SplitError naming what is wrong."""
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise SplitError(f"{path} has no config.json; SRC must be a Qwen3-VL-MoE checkpoint (model_type '{VL_MODEL_TYPE}')")
+        raise SplitError(f"{path} has no config.json; SRC must be {_EXPECTED_SRC}")
     try:
         raw = json.loads(cfg_file.read_text())
     except (OSError, ValueError) as e:
         raise SplitError(f"cannot read {cfg_file}: {e}") from e
     model_type = raw.get("model_type")
-    if model_type != VL_MODEL_TYPE:
+    family = next((f for f in FAMILIES.values() if f.vl_model_type == model_type), None)
+    if family is None:
+        text_family = next((f for f in FAMILIES.values() if f.text_model_type == model_type), None)
         raise SplitError(
-            f"SRC is not a Qwen3-VL-MoE checkpoint: {cfg_file} has model_type {model_type!r}, expected '{VL_MODEL_TYPE}'"
-            + (" (a text-only Qwen3-MoE checkpoint loads directly into Qwen3MoeForCausalLMWithDeepStack; "
-               "there is nothing to split)" if model_type == "qwen3_moe" else "")
+            f"SRC is not {_EXPECTED_SRC}: {cfg_file} has model_type {model_type!r}"
+            + (f" (a text-only checkpoint loads directly into {text_family.lm_path.rsplit('.', 1)[-1]}; "
+               "there is nothing to split)" if text_family else "")
         )
     if raw.get("quantization_config") or raw.get("text_config", {}).get("quantization_config"):
-        raise SplitError("quantized Qwen3-VL-MoE checkpoints (quantization_config) are not supported by split")
+        raise SplitError(f"quantized {family.display_name} checkpoints (quantization_config) are not supported by split")
     try:
-        cfg = Qwen3VLMoeConfig.from_dict(raw)
+        cfg = family.monolithic_class().config_class.from_dict(raw)
     except Exception as e:  # noqa: BLE001 - any config error is a bad source
-        raise SplitError(f"{cfg_file} is not a valid Qwen3-VL-MoE config: {e}") from e
-    return cfg, raw
+        raise SplitError(f"{cfg_file} is not a valid {family.display_name} config: {e}") from e
+    return family, cfg, raw
 
 
-def _expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(family: ModelFamily, cfg) -> dict[str, tuple[int, ...]]:
     """Parameter/buffer shapes of the monolithic model, built on the meta device (no memory)."""
-    from transformers import Qwen3VLMoeForConditionalGeneration
-
     with torch.device("meta"):
-        model = Qwen3VLMoeForConditionalGeneration(cfg)
+        model = family.monolithic_class()(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -270,9 +276,6 @@ def plan_split(
     allow_missing_shards: bool = False,
 ) -> SplitResult:
     """Validate everything and decide what goes where; reads headers only, writes nothing."""
-    from ..configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
-    from ..configuration_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnlyConfig
-
     out_dtype = parse_dtype(dtype)
     shard_limit = parse_size(max_shard_size)
     path = source.path
@@ -283,7 +286,7 @@ def plan_split(
     _check_output(encoder_out, path, overwrite, "encoder output folder")
     _check_output(lm_out, path, overwrite, "language-model output folder")
 
-    full_cfg, raw_cfg = _load_vl_config(path)
+    family, full_cfg, raw_cfg = _load_vl_config(path)
     files, weight_map = _weight_files(path, allow_missing_shards)
     # headers: validates every shard (truncation, malformed headers) before any output exists
     infos: dict[str, TensorInfo] = {}
@@ -306,7 +309,7 @@ def plan_split(
             if name not in infos or infos[name].file.name != shard:
                 raise SplitError(f"model.safetensors.index.json maps {name} to {shard}, which does not contain it")
 
-    expected = _expected_shapes(full_cfg)
+    expected = _expected_shapes(family, full_cfg)
     text = full_cfg.text_config
     tied = bool(getattr(full_cfg, "tie_word_embeddings", False))
     names = set(infos) if sizes_known else set(weight_map or {})
@@ -314,7 +317,8 @@ def plan_split(
     missing = sorted(required - names)
     if missing:
         raise SplitError(
-            f"source checkpoint is missing {len(missing)} tensor(s) of Qwen3-VL-MoE, e.g. {', '.join(missing[:3])}"
+            f"source checkpoint is missing {len(missing)} tensor(s) of {family.display_name}, "
+            f"e.g. {', '.join(missing[:3])}"
         )
     skipped = sorted(k for k in names if k not in expected)
     if skipped:
@@ -323,18 +327,19 @@ def plan_split(
     tf_hint = str(raw_cfg.get("transformers_version", "4")).split(".")[0].isdigit() and int(
         str(raw_cfg.get("transformers_version", "4")).split(".")[0]) >= 5
 
-    enc_cfg = Qwen3VLMoeEncoderOnlyConfig.from_full_config(full_cfg)
-    lm_cfg = Qwen3MoeDeepStackConfig.from_vl_config(full_cfg)
+    enc_cfg = family.encoder_config_class().from_full_config(full_cfg)
+    lm_cfg = family.lm_config_class().from_vl_config(full_cfg)
+    code_of = REMOTE_CODE[family.name]
     plans = {}
     for half, out, cfg, code, prefix, given_id, other_id, other_out in (
-        ("encoder", encoder_out, enc_cfg, ENCODER_CODE, (ENCODER_PREFIX,), encoder_repo_id, lm_repo_id, lm_out),
-        ("lm", lm_out, lm_cfg, LM_CODE, (LM_PREFIX, LM_HEAD), lm_repo_id, encoder_repo_id, encoder_out),
+        ("encoder", encoder_out, enc_cfg, code_of["encoder"], (ENCODER_PREFIX,), encoder_repo_id, lm_repo_id, lm_out),
+        ("lm", lm_out, lm_cfg, code_of["lm"], (LM_PREFIX, LM_HEAD), lm_repo_id, encoder_repo_id, encoder_out),
     ):
         try:
             code.files()  # fail now, not after copying gigabytes, when remote code is missing/broken
         except RemoteCodeError as e:
             raise SplitError(str(e)) from e
-        plan = RepoPlan(half, out, _repo_id(out, given_id), code, cfg, sizes_known=sizes_known)
+        plan = RepoPlan(half, out, _repo_id(out, given_id), code, cfg, family, sizes_known=sizes_known)
         plan.other_repo_id = _repo_id(other_out, other_id)  # type: ignore[attr-defined]
         keys = sorted((k for k in names if k in expected and k.startswith(prefix)))
         if not sizes_known:
@@ -344,13 +349,14 @@ def plan_split(
             planned = []
             for key in sorted(keys, key=lambda k: (file_order[infos[k].file], infos[k].begin)):
                 info = infos[key]
+                fused = family.has_experts and key.endswith((GATE_UP, DOWN))
                 transpose = False
-                if key.endswith((GATE_UP, DOWN)):
+                if fused:
                     transpose = expert_transpose_needed(key, info.shape, text.hidden_size, text.moe_intermediate_size,
                                                         text.num_experts, tf_hint)
                 shape = (info.shape[0], info.shape[2], info.shape[1]) if transpose else info.shape
                 # transformers holds fused experts transposed: compare in its layout
-                check = (shape[0], shape[2], shape[1]) if key.endswith((GATE_UP, DOWN)) else shape
+                check = (shape[0], shape[2], shape[1]) if fused else shape
                 if check != expected[key]:
                     raise SplitError(f"{key} has shape {list(info.shape)}, expected {list(expected[key])} for this config")
                 target = out_dtype if (out_dtype is not None and info.dtype.is_floating_point) else info.dtype
@@ -430,12 +436,15 @@ def _card_info(plan: RepoPlan, result: SplitResult, license_: dict) -> CardInfo:
             deepstack_visual_indexes=list(vision.deepstack_visual_indexes),
         )
     else:
+        decoder = f"{cfg.num_hidden_layers} layers, hidden size {cfg.hidden_size}"
+        if plan.family.has_experts:
+            decoder = (f"Qwen3-MoE decoder ({decoder}, {cfg.num_experts} experts, "
+                       f"{cfg.num_experts_per_tok} active per token)")
+        else:
+            decoder = f"Qwen3 decoder ({decoder}, intermediate size {cfg.intermediate_size})"
         details = dict(
             num_deepstack_levels=cfg.num_deepstack_levels,
-            num_hidden_layers=cfg.num_hidden_layers,
-            hidden_size=cfg.hidden_size,
-            num_experts=cfg.num_experts,
-            num_experts_per_tok=cfg.num_experts_per_tok,
+            decoder_description=decoder,
             has_lm_head=any(t.name == LM_HEAD for t in plan.tensors),
         )
     return CardInfo(
@@ -448,6 +457,7 @@ def _card_info(plan: RepoPlan, result: SplitResult, license_: dict) -> CardInfo:
         num_tensors=len(plan.tensors),
         total_size=plan.total_size,
         model_type=cfg.model_type,
+        family=plan.family,
         license=license_,
         details=details,
     )

@@ -7,16 +7,16 @@ import logging
 import sys
 
 DESCRIPTION = """\
-Split a Qwen3-VL-MoE checkpoint (local folder or Hub id) into two repos that load with plain
-transformers and trust_remote_code=True: the vision encoder (+ processor) and the DeepStack
-MoE language model (+ tokenizer). Tensors are streamed shard by shard; nothing is uploaded
-unless --push-to-hub is given."""
+Split a Qwen3-VL-MoE or dense Qwen3-VL checkpoint (local folder or Hub id; the family comes from
+its model_type) into two repos that load with plain transformers and trust_remote_code=True: the
+vision encoder (+ processor) and the DeepStack language model (+ tokenizer). Tensors are streamed
+shard by shard; nothing is uploaded unless --push-to-hub is given."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("src", metavar="SRC", help="local Qwen3-VL-MoE checkpoint folder or Hub repo id (ORG/NAME)")
+    parser.add_argument("src", metavar="SRC", help="local Qwen3-VL(-MoE) checkpoint folder or Hub repo id (ORG/NAME)")
     parser.add_argument("--encoder-out", required=True, metavar="DIR", help="output folder of the encoder repo")
     parser.add_argument("--lm-out", required=True, metavar="DIR", help="output folder of the language-model repo")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],

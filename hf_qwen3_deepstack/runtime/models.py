@@ -39,42 +39,56 @@ def resolve_model(model: str | None, seed: int = 0) -> str:
 
 def max_positions(lm_model: str) -> int | None:
     """The language model's position limit, read from a full, text-only or language-repo config."""
-    from hf_qwen3_deepstack.configuration_qwen3_moe_deepstack import Qwen3MoeDeepStackConfig
+    from hf_qwen3_deepstack.families import family_of
 
     try:
-        cfg = Qwen3MoeDeepStackConfig.from_pretrained(lm_model)
+        cfg = family_of(lm_model, "lm").lm_config_class().from_pretrained(lm_model)
     except Exception:
         return None
     return getattr(cfg, "max_position_embeddings", None)
 
 
 def load_encoder(model: str, dtype: torch.dtype, device: torch.device):
-    from hf_qwen3_deepstack.modeling_qwen3_vl_moe_encoder_only import Qwen3VLMoeEncoderOnly
+    """(processor, encoder) of either family, picked by the checkpoint's model_type."""
+    from hf_qwen3_deepstack.families import family_of, register_auto_classes
     from hf_qwen3_deepstack.tiny_checkpoint.video import load_processor
 
+    family = family_of(model, "encoder")
+    register_auto_classes()  # our own repos load with our code: no "trust remote code?" prompt
     processor = load_processor(model)  # AutoProcessor, with a PIL video processor when torchvision is missing
-    enc = Qwen3VLMoeEncoderOnly.from_pretrained(model, dtype=dtype).to(device).eval()
+    enc = family.encoder_class().from_pretrained(model, dtype=dtype).to(device).eval()
     return processor, enc
 
 
 def load_lm(model: str, dtype: torch.dtype, device: torch.device):
+    """(tokenizer, language model) of either family, picked by the checkpoint's model_type."""
     from transformers import AutoTokenizer
 
-    from hf_qwen3_deepstack.modeling_qwen3_moe_deepstack import Qwen3MoeForCausalLMWithDeepStack
+    from hf_qwen3_deepstack.families import family_of, register_auto_classes
 
+    family = family_of(model, "lm")
+    register_auto_classes()  # our own repos load with our code: no "trust remote code?" prompt
     tokenizer = AutoTokenizer.from_pretrained(model)
-    lm = Qwen3MoeForCausalLMWithDeepStack.from_pretrained(model, dtype=dtype).to(device).eval()
+    lm = family.lm_class().from_pretrained(model, dtype=dtype).to(device).eval()
     return tokenizer, lm
 
 
 def load_monolithic(model: str, dtype: torch.dtype, device: torch.device):
-    """transformers' own monolithic model and processor (the reference the split must reproduce)."""
-    from transformers import Qwen3VLMoeForConditionalGeneration
-
+    """(processor, transformers' own full model) of a full Qwen3-VL or Qwen3-VL-MoE checkpoint: the
+    reference the split reproduces."""
+    from hf_qwen3_deepstack.families import family_for_model_type, read_model_type
     from hf_qwen3_deepstack.tiny_checkpoint.video import load_processor
 
-    reference = Qwen3VLMoeForConditionalGeneration.from_pretrained(model, dtype=dtype).to(device).eval()
-    return load_processor(model), reference
+    model_type = read_model_type(model)
+    family = family_for_model_type(model_type, where=f"{model}/config.json")
+    if model_type != family.vl_model_type:
+        raise ValueError(
+            f"{model} is a '{model_type}' checkpoint; transformers' monolithic model needs a full checkpoint "
+            f"(model_type 'qwen3_vl_moe' or 'qwen3_vl')."
+        )
+    processor = load_processor(model)
+    full = family.monolithic_class().from_pretrained(model, dtype=dtype).to(device).eval()
+    return processor, full
 
 
 def build_prompt(processor, messages):

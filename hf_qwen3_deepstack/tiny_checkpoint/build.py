@@ -1,4 +1,4 @@
-"""The complete tiny Qwen3-VL-MoE checkpoint (weights + processor files), and its cache.
+"""The complete tiny Qwen3-VL-MoE (or dense Qwen3-VL) checkpoint (weights + processor files), and its cache.
 
 - `write_tiny_checkpoint(path, seed=0, **model_kwargs)`: weights/config (`model.py`) + processor
   files (`processor.py`) + generation_config.json, written to a temp dir next to `path` and
@@ -47,8 +47,9 @@ def _build_into(tmp: Path, seed: int, model_kwargs: dict) -> None:
 def write_tiny_checkpoint(path: str | Path, seed: int = 0, **model_kwargs) -> Path:
     """Write the complete tiny checkpoint to `path` and return it.
 
-    `model_kwargs` go to `write_tiny_vl_checkpoint` (expert_layout, max_shard_size,
-    tie_word_embeddings). The result loads with `Qwen3VLMoeForConditionalGeneration` and
+    `model_kwargs` go to `write_tiny_vl_checkpoint` (family, expert_layout, max_shard_size,
+    tie_word_embeddings). The result loads with `Qwen3VLMoeForConditionalGeneration` (family "moe",
+    the default) or `Qwen3VLForConditionalGeneration` ("dense") and
     `AutoProcessor` (without torchvision: `hf_qwen3_deepstack.tiny_checkpoint.video.load_processor`).
     """
     path = Path(path).absolute()

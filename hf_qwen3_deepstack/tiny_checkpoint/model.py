@@ -1,7 +1,9 @@
-"""Tiny random Qwen3-VL-MoE and Qwen3-MoE checkpoints, written by transformers itself.
+"""Tiny random Qwen3-VL(-MoE) and Qwen3(-MoE) checkpoints, written by transformers itself.
 
-Dimensions are chosen so layout bugs cannot hide: H=64 != 2*I=96 (moe_intermediate 48), K=3
-deepstack levels on a 4-layer decoder (layer 3 sees no deepstack), GQA (4 heads, 2 kv heads).
+Two families: "moe" (Qwen3-VL-MoE, the default) and "dense" (Qwen3-VL). Dimensions are chosen so
+layout bugs cannot hide: H=64 != 2*I=96 (moe_intermediate 48); the dense MLP has I=80 (H != I,
+H != 2I); K=3 deepstack levels on a 4-layer decoder (layer 3 sees no deepstack), GQA (4 heads,
+2 kv heads).
 """
 
 from pathlib import Path
@@ -10,8 +12,18 @@ from typing import Literal
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+from transformers import (
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+)
 
+from . import FAMILIES
 from .special_tokens import (
     EOS_TOKEN_ID,
     IMAGE_TOKEN_ID,
@@ -23,6 +35,7 @@ from .special_tokens import (
 )
 
 ExpertLayout = Literal["hub", "transformers"]
+Family = Literal["moe", "dense"]
 # Fused expert tensors: transformers 5 holds (E, 2I, H) / (E, H, I); Hub checkpoints store the
 # transpose of the last two dims, (E, H, 2I) / (E, I, H).
 FUSED_EXPERT_SUFFIXES = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
@@ -43,6 +56,9 @@ TINY_TEXT = dict(
     pad_token_id=PAD_TOKEN_ID,
     eos_token_id=EOS_TOKEN_ID,
 )
+# The dense decoder: Qwen3's fields of TINY_TEXT, without the experts.
+TINY_DENSE_TEXT = {k: v for k, v in TINY_TEXT.items()
+                   if k not in ("moe_intermediate_size", "num_experts", "num_experts_per_tok")}
 TINY_VISION = dict(
     depth=4,
     hidden_size=32,
@@ -58,14 +74,16 @@ TINY_VISION = dict(
 )
 
 
-def tiny_vl_config(tie_word_embeddings: bool = False, **text_overrides) -> Qwen3VLMoeConfig:
+def tiny_vl_config(tie_word_embeddings: bool = False, family: Family = "moe",
+                   **text_overrides) -> Qwen3VLMoeConfig | Qwen3VLConfig:
     text = {
-        **TINY_TEXT,
+        **(TINY_TEXT if family == "moe" else TINY_DENSE_TEXT),
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
                             "mrope_interleaved": True},
         **text_overrides,
     }
-    return Qwen3VLMoeConfig(
+    config_class = Qwen3VLMoeConfig if _check_family(family) == "moe" else Qwen3VLConfig
+    return config_class(
         text_config=text,
         vision_config=dict(TINY_VISION),
         image_token_id=IMAGE_TOKEN_ID,
@@ -76,36 +94,46 @@ def tiny_vl_config(tie_word_embeddings: bool = False, **text_overrides) -> Qwen3
     )
 
 
-def tiny_text_config(**overrides) -> Qwen3MoeConfig:
-    fields = {**TINY_TEXT, "norm_topk_prob": False, "rope_parameters": {"rope_type": "default",
-                                                                         "rope_theta": 10000.0}}
-    fields.update(overrides)
-    return Qwen3MoeConfig(**fields)
+def tiny_text_config(family: Family = "moe", **overrides) -> Qwen3MoeConfig | Qwen3Config:
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    if _check_family(family) == "moe":
+        return Qwen3MoeConfig(**{**TINY_TEXT, "norm_topk_prob": False, "rope_parameters": rope, **overrides})
+    return Qwen3Config(**{**TINY_DENSE_TEXT, "rope_parameters": rope, **overrides})
 
 
-def build_tiny_vl_model(seed: int = 0, tie_word_embeddings: bool = False, **text_overrides):
+def build_tiny_vl_model(seed: int = 0, tie_word_embeddings: bool = False, family: Family = "moe", **text_overrides):
     torch.manual_seed(seed)
-    model = Qwen3VLMoeForConditionalGeneration(tiny_vl_config(tie_word_embeddings, **text_overrides))
-    return model.eval()
+    model_class = Qwen3VLMoeForConditionalGeneration if family == "moe" else Qwen3VLForConditionalGeneration
+    return model_class(tiny_vl_config(tie_word_embeddings, family, **text_overrides)).eval()
+
+
+def _check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    return family
 
 
 def write_tiny_vl_checkpoint(
     path: str | Path,
     seed: int = 0,
     *,
+    family: Family = "moe",
     expert_layout: ExpertLayout = "hub",
     max_shard_size: str | int | None = None,
     tie_word_embeddings: bool = False,
 ) -> Path:
-    """Write a tiny Qwen3-VL-MoE checkpoint (weights + config only) to `path`.
+    """Write a tiny Qwen3-VL-MoE (`family="moe"`) or Qwen3-VL (`"dense"`) checkpoint (weights +
+    config only) to `path`.
 
     `expert_layout="hub"` stores fused experts as published checkpoints do; "transformers" as
-    transformers 5 writes them. `max_shard_size` (e.g. "200KB") writes several shards + index.
+    transformers 5 writes them (MoE only). `max_shard_size` (e.g. "200KB") writes several shards + index.
     """
     path = Path(path)
-    model = build_tiny_vl_model(seed, tie_word_embeddings)
+    model = build_tiny_vl_model(seed, tie_word_embeddings, _check_family(family))
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(path, **kwargs)
+    if family == "dense":
+        return path
     if expert_layout == "hub":
         transpose_fused_experts(path)
     elif expert_layout != "transformers":
@@ -113,11 +141,13 @@ def write_tiny_vl_checkpoint(
     return path
 
 
-def write_tiny_text_checkpoint(path: str | Path, seed: int = 0, **overrides) -> Path:
-    """Write a tiny text-only Qwen3-MoE checkpoint (per-expert weights, as on the Hub)."""
+def write_tiny_text_checkpoint(path: str | Path, seed: int = 0, family: Family = "moe", **overrides) -> Path:
+    """Write a tiny text-only Qwen3-MoE checkpoint (per-expert weights, as on the Hub), or a Qwen3
+    one for `family="dense"`."""
     path = Path(path)
     torch.manual_seed(seed)
-    Qwen3MoeForCausalLM(tiny_text_config(**overrides)).save_pretrained(path)
+    model_class = Qwen3MoeForCausalLM if _check_family(family) == "moe" else Qwen3ForCausalLM
+    model_class(tiny_text_config(family, **overrides)).save_pretrained(path)
     return path
 
 

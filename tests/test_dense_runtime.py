@@ -1,0 +1,114 @@
+"""The two-group runtime serves dense Qwen3-VL with no flag (the family comes from the checkpoint's
+model_type): `hf-qwen3-deepstack run` with 1E+1L (untied head) and 2E+1L (tied head), and from the two
+repos made by `split`, gives the greedy tokens of transformers' Qwen3VLForConditionalGeneration.
+Running from split repos never asks to trust remote code: the runtime uses its own classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "Do you wish to run the custom code"
+
+
+def _msg(*items):
+    return [{"role": "user", "content": list(items)}]
+
+
+def _img(p):
+    return {"type": "image", "image": str(p)}
+
+
+def _txt(t):
+    return {"type": "text", "text": t}
+
+
+def dense_requests(images: list[Path]) -> list[dict]:
+    square, wide, landscape, *frames = images
+    video = {"type": "video", "video": [str(f) for f in frames]}
+    return [
+        {"id": "image", "messages": _msg(_img(square), _txt("What is in the picture?")), "max_new_tokens": 10},
+        {"id": "several-images", "messages": _msg(_img(wide), _img(landscape), _txt("Compare them.")),
+         "max_new_tokens": 8},
+        {"id": "video", "messages": _msg(video, _txt("What happens?")), "max_new_tokens": 8},
+        {"id": "image-and-video", "messages": _msg(_img(square), video, _txt("Both?")), "max_new_tokens": 6},
+        {"id": "text-only", "messages": _msg(_txt("Tell me a story about a cat.")), "max_new_tokens": 10},
+    ]
+
+
+def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "hf_qwen3_deepstack.cli", "run", *args], cwd=REPO, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def dense_setup(sample_images, tmp_path_factory):
+    """Per head: a complete tiny dense checkpoint (weights + processor) and the reference tokens."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from hf_qwen3_deepstack.tiny_checkpoint.build import write_tiny_checkpoint
+    from hf_qwen3_deepstack.tiny_checkpoint.video import load_processor
+
+    root = tmp_path_factory.mktemp("dense-runtime")
+    rows = dense_requests(sample_images)
+    requests = root / "requests.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    setups = {}
+    for head in ("untied", "tied"):
+        ckpt = write_tiny_checkpoint(root / head, seed=0, family="dense", tie_word_embeddings=head == "tied")
+        processor = load_processor(ckpt)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+        expected = {}
+        with torch.inference_mode():
+            for r in rows:
+                inputs = processor.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True,
+                                                       return_dict=True, return_tensors="pt")
+                out = model.generate(**inputs, max_new_tokens=r["max_new_tokens"], do_sample=False)
+                visual = torch.isin(inputs["input_ids"], torch.tensor([processor.image_token_id,
+                                                                       processor.video_token_id]))
+                expected[r["id"]] = (out[0, inputs["input_ids"].shape[1]:].tolist(), int(visual.sum()))
+        assert expected["text-only"][1] == 0 and all(expected[k][1] > 0 for k in expected if k != "text-only")
+        setups[head] = (ckpt, expected)
+    return requests, setups
+
+
+def check_results(proc: subprocess.CompletedProcess, output: Path, expected: dict) -> None:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert PROMPT not in proc.stdout + proc.stderr
+    results = {r["id"]: r for r in map(json.loads, output.read_text().splitlines()) if r}
+    assert sorted(results) == sorted(expected)
+    for rid, (tokens, _) in expected.items():
+        assert results[rid].get("token_ids") == tokens, (rid, results[rid])
+
+
+@pytest.mark.parametrize("head,encoders", [("untied", 1), ("tied", 2)], ids=["1E+1L-untied", "2E+1L-tied"])
+def test_run_gives_qwen3_vl_tokens(dense_setup, tmp_path, head, encoders):
+    requests, setups = dense_setup
+    ckpt, expected = setups[head]
+    output = tmp_path / "results.jsonl"
+    proc = run_cli(["--model", str(ckpt), "--requests", str(requests), "--output", str(output),
+                    "--encoders", str(encoders), "--lms", "1"])
+    check_results(proc, output, expected)
+
+
+def test_run_from_split_repos_gives_qwen3_vl_tokens_without_a_prompt(dense_setup, tmp_path):
+    from hf_qwen3_deepstack.hub.split import split_checkpoint
+
+    requests, setups = dense_setup
+    ckpt, expected = setups["untied"]
+    enc_repo, lm_repo = tmp_path / "encoder", tmp_path / "lm"
+    split_checkpoint(ckpt, enc_repo, lm_repo, progress=False)
+    output = tmp_path / "results.jsonl"
+    proc = run_cli(["--encoder-model", str(enc_repo), "--lm-model", str(lm_repo), "--requests", str(requests),
+                    "--output", str(output)])
+    check_results(proc, output, expected)
