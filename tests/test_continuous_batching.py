@@ -109,7 +109,7 @@ def test_stop_string_ends_the_sequence_and_is_cut_from_its_text(setup):
 def test_batched_vision_gives_each_request_its_output_alone(setup):
     _, prompts, encoded, _, encoder, _, _ = setup
     with torch.inference_mode():
-        together = encode_batch(encoder, prompts)
+        together, _, _ = encode_batch(encoder, prompts)
     assert sum(o.num_visual_tokens > 0 for o in together) >= 3
     for alone, batched in zip(encoded, together):
         for name, t in alone.tensors().items():
@@ -130,3 +130,25 @@ def test_batched_vision_gives_each_request_its_output_alone(setup):
 def test_bad_generation_parameters_are_rejected_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams.from_request(bad, default_max_new_tokens=4)
+
+
+def test_vision_cache_skips_the_tower_for_items_seen_again_with_the_same_outputs(setup):
+    from hf_qwen3_deepstack.runtime.encoder_batching import VisionCache
+
+    _, prompts, encoded, _, encoder, _, _ = setup
+    cache = VisionCache(64 << 20)
+    with torch.inference_mode():
+        first, hits, misses = encode_batch(encoder, prompts[:3], cache)
+        assert hits == 0 and misses == 4  # one image, two images, one video
+        calls = []
+        handle = encoder.visual.register_forward_hook(lambda *a: calls.append(1))
+        again, hits, misses = encode_batch(encoder, [prompts[0], prompts[1]], cache)
+        handle.remove()
+    assert (hits, misses, calls) == (3, 0, [])  # the tower did not run
+    for a, b in zip(again, first):
+        for name, t in a.tensors().items():
+            assert torch.equal(t, b.tensors()[name]), name
+    tiny = VisionCache(max_bytes=1)  # too small for anything: never stores, never fails
+    with torch.inference_mode():
+        _, hits, misses = encode_batch(encoder, prompts[:1], tiny)
+    assert (hits, misses, tiny.bytes) == (0, 1, 0)

@@ -33,7 +33,7 @@ class Sequence:
     rope_delta: int
     chooser: TokenChooser
     tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" | "length"
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     text_end: int | None = None  # where a stop string starts in the decoded text
     origin: Any = None  # the caller's record of where the request came from
     admitted_at: float = 0.0  # wall clock (time.time()) when its prefill began
@@ -137,6 +137,9 @@ class ContinuousBatch:
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """One decode step; returns the sequences that finished (already removed from the batch)."""
+        cancelled = self._retire()
+        if not self.seqs:
+            return cancelled
         t0 = time.perf_counter()
         ids = torch.tensor([[s.tokens[-1]] for s in self.seqs], device=self.device)  # (B, 1)
         # the fed token sits at prompt_len + generated - 1; its M-RoPE position adds the sequence's delta
@@ -149,7 +152,7 @@ class ContinuousBatch:
         self.stats.steps += 1
         self.stats.step_seqs += len(self.seqs)
         self.stats.busy_s += time.perf_counter() - t0
-        return self._retire()
+        return cancelled + self._retire()
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.tokens.append(token)
@@ -180,6 +183,17 @@ class ContinuousBatch:
         if not self.stats.timeline or self.stats.timeline[-1][1] != size:
             self.stats.timeline.append((time.perf_counter() - self._t0, size))
         return done
+
+    def running(self, index: int) -> Sequence | None:
+        return next((s for s in self.seqs if s.index == index), None)
+
+    def cancel(self, index: int) -> bool:
+        """Mark a running sequence finished ("cancelled"); the next step retires it. False if not running."""
+        seq = self.running(index)
+        if seq is None:
+            return False
+        seq.finish_reason = "cancelled"
+        return True
 
     def text(self, seq: Sequence, strip: bool = True) -> str:
         text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)

@@ -49,10 +49,10 @@ class RankLoad:
 
 class Dispatcher:
     def __init__(self, encoders: list[int], lms: list[int], limits: DispatchLimits,
-                 send: Callable[[dict[str, Any], int], None], finish: Callable[[dict[str, Any]], None]):
+                 send: Callable[[dict[str, Any], int], None], finish: Callable[[Request, dict[str, Any]], None]):
         self.limits = limits
         self.send = send  # (message, destination rank); the leader's own replica is a destination too
-        self.finish = finish  # write one result line
+        self.finish = finish  # (request, its one result line)
         self.encoders = {e: RankLoad() for e in encoders}
         self.lms = {lm: RankLoad() for lm in lms}
         self.pending: deque[Record] = deque()
@@ -93,7 +93,7 @@ class Dispatcher:
             self.lms[lm].new_tokens += new_tokens
             req = rec.request
             self.send({"kind": "expect", "index": req.index, "id": req.id, "params": req.params.to_json(),
-                       "arrival": rec.arrival}, lm)
+                       "stream": req.stream}, lm)
             self.send({"kind": "assign", "index": req.index, "lm": lm, "id": req.id, "messages": req.messages,
                        "max_new_tokens": new_tokens}, enc)
             self._last_dispatch = time.perf_counter()
@@ -108,7 +108,19 @@ class Dispatcher:
             if rec.result is not None:  # the replica was quicker than this report
                 self._complete(rec)
 
-    def on_failed(self, encoder: int, index: int, error: str) -> None:
+    def cancel(self, index: int) -> None:
+        """The client is gone: a queued request is dropped, a dispatched one cancelled on its replica
+        (which answers with a result, so its slot is freed as usual)."""
+        for rec in self.pending:
+            if rec.request.index == index:
+                self.pending.remove(rec)
+                self.finish(rec.request, {"id": rec.request.id, "error": "cancelled by the client", "cancelled": True})
+                return
+        rec = self.records.get(index)
+        if rec is not None and rec.result is None:
+            self.send({"kind": "cancel", "index": index}, rec.lm)
+
+    def on_failed(self, encoder: int, index: int, error: str, status: int = 400) -> None:
         rec = self.records.get(index)
         if rec is None or rec.encoder != encoder or not rec.encoding:
             raise RuntimeError(f"rank {encoder} reported a failure of request {index}, not assigned to it")
@@ -116,7 +128,7 @@ class Dispatcher:
         self.send({"kind": "drop", "index": index}, rec.lm)
         self._release_lm(rec)
         del self.records[index]
-        self.finish({"id": rec.request.id, "error": error})
+        self.finish(rec.request, {"id": rec.request.id, "error": error, "status": status})
 
     def on_result(self, lm: int, result: dict[str, Any]) -> None:
         index = int(result.pop("index"))
@@ -140,7 +152,7 @@ class Dispatcher:
             result["ttft_s"] = round(first - rec.arrival, 6)
             result["latency_s"] = round(done - rec.arrival, 6)
             result["encoder_rank"] = rec.encoder
-        self.finish({"id": rec.request.id, **result})
+        self.finish(rec.request, {"id": rec.request.id, **result})
 
     def _release_encoder(self, rec: Record) -> None:
         rec.encoding = False

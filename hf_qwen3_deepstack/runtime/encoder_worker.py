@@ -15,7 +15,7 @@ import torch
 
 from . import faults, messages
 from .channel import Outbox
-from .encoder_batching import encode_batch, patch_count
+from .encoder_batching import VisionCache, encode_batch, patch_count
 from .models import build_prompt, load_encoder, max_positions
 from .requests import check_local_files
 
@@ -54,6 +54,7 @@ def run_encoder(ctx) -> None:
     leader = roles.lm_leader
     handled = batches = 0
     ctx.batch_sizes = []
+    ctx.vision_cache = VisionCache(opts.encoder_cache_mb << 20) if opts.encoder_cache_mb else None
     stopping = False
     while not stopping:
         items = [ready.get()]
@@ -70,16 +71,17 @@ def run_encoder(ctx) -> None:
             if item.error is None:
                 todo.append(item)
             else:
-                messages.send({"kind": "failed", "index": item.index, "error": item.error}, leader, groups.ctrl)
+                messages.send({"kind": "failed", "index": item.index, "error": item.error, "status": 400}, leader,
+                              groups.ctrl)
                 handled += 1
         while todo:
             batch, todo = _next_batch(todo, opts.encoder_batch_patches, opts.encoder_batch_requests)
             faults.maybe_delay(roles.rank)
             report = _encode_and_send(ctx, encoder, batch, outbox, handled)
             if report["ok"]:
-                messages.send({"kind": "encoded", "items": report["ok"]}, leader, groups.ctrl)
+                messages.send({"kind": "encoded", "items": report["ok"], **report["cache"]}, leader, groups.ctrl)
             for index, error in report["failed"]:
-                messages.send({"kind": "failed", "index": index, "error": error}, leader, groups.ctrl)
+                messages.send({"kind": "failed", "index": index, "error": error, "status": 500}, leader, groups.ctrl)
             handled += len(batch)
             batches += 1
             ctx.batch_sizes.append(len(batch))
@@ -104,9 +106,10 @@ def _next_batch(items: list[Prepared], budget: int, max_requests: int) -> tuple[
 def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox, handled: int) -> dict[str, list]:
     """Encode `batch` in one vision call (one by one if that fails, so a bad request fails alone)."""
     t0 = time.perf_counter()
+    hits = misses = 0
     try:
         with torch.inference_mode():
-            outs = encode_batch(encoder, [b.inputs for b in batch])
+            outs, hits, misses = encode_batch(encoder, [b.inputs for b in batch], ctx.vision_cache)
         results: list[Any] = list(outs)
     except Exception:
         results = []
@@ -119,7 +122,7 @@ def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox, handle
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     vision_s = time.perf_counter() - t0
-    report: dict[str, list] = {"ok": [], "failed": []}
+    report: dict[str, Any] = {"ok": [], "failed": [], "cache": {"cache_hits": hits, "cache_misses": misses}}
     for n, (item, out) in enumerate(zip(batch, results)):
         faults.maybe_die(ctx.roles.rank, handled + n)
         if isinstance(out, Exception):
@@ -129,7 +132,7 @@ def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox, handle
         sent_at = time.time()
         outbox.isend(item.lm, item.index, out)
         report["ok"].append({"index": item.index, "encode_s": round(t0 - item.started + vision_s, 6),
-                             "sent_at": sent_at})
+                             "sent_at": sent_at, "bytes": out.nbytes()})
     return report
 
 

@@ -31,6 +31,7 @@ IDLE_WAIT_S = 0.5  # an idle replica wakes this often
 class Expected:
     id: str
     params: SamplingParams
+    stream: bool = False
 
 
 class LanguageReplica:
@@ -48,11 +49,13 @@ class LanguageReplica:
         self.expected: dict[int, Expected] = {}
         self.landed: dict[int, Arrival] = {}
         self.waiting: deque[tuple[Sequence, Arrival]] = deque()
+        self.streamed: dict[int, int] = {}  # streamed request -> tokens reported so far
+        self.cancelled: set[int] = set()  # cancelled before their payload landed
         self.handled = 0
         self.stop_requested = False
 
     # --- inputs ------------------------------------------------------------------------------------
-    def take_events(self, block: bool, on_message) -> None:
+    def take_events(self, block: bool) -> None:
         """Handle every queued event; with `block`, first wait (bounded) for one."""
         try:
             event = self.events.get(timeout=IDLE_WAIT_S) if block else self.events.get_nowait()
@@ -64,8 +67,10 @@ class LanguageReplica:
                 self.ctx.die(event[1])
             elif kind == "data":
                 self._landed(event[1])
+            elif kind == "msg":
+                self.on_message(event[1], event[2])
             else:
-                on_message(event[1], event[2])
+                self.on_local(event)
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
@@ -75,14 +80,31 @@ class LanguageReplica:
         kind = msg["kind"]
         if kind == "expect":
             index = int(msg["index"])
-            self.expected[index] = Expected(str(msg["id"]), SamplingParams.from_json(msg["params"]))
+            self.expected[index] = Expected(str(msg["id"]), SamplingParams.from_json(msg["params"]),
+                                            bool(msg.get("stream")))
             self._match(index)
         elif kind == "drop":
             self.expected.pop(int(msg["index"]), None)
+        elif kind == "cancel":
+            self.cancel(int(msg["index"]))
         elif kind == "stop":
             self.stop_requested = True
         else:
             self.ctx.die(f"unexpected {kind!r} message from rank {src}")
+
+    def on_local(self, event: tuple) -> None:
+        self.ctx.die(f"unexpected event {event[0]!r}")
+
+    def cancel(self, index: int) -> None:
+        """Free a request's slot: out of the batch at once, or dropped when its payload lands."""
+        for i, (seq, _) in enumerate(self.waiting):
+            if seq.index == index:
+                del self.waiting[i]
+                self.report(self.cancelled_result(index))
+                return
+        if self.batch.cancel(index):
+            return  # reported when the batch retires it
+        self.cancelled.add(index)
 
     def _landed(self, arrival: Arrival) -> None:
         self.landed[arrival.index] = arrival
@@ -91,6 +113,12 @@ class LanguageReplica:
     def _match(self, index: int) -> None:
         if index in self.expected and index in self.landed:
             exp, arrival = self.expected.pop(index), self.landed.pop(index)
+            if index in self.cancelled:
+                self.cancelled.discard(index)
+                self.report(self.cancelled_result(index))
+                return
+            if exp.stream:
+                self.streamed[index] = 0
             try:
                 arrival.output.validate()
                 seq = self.batch.new_sequence(index, exp.params, arrival.output, origin=arrival)
@@ -115,8 +143,14 @@ class LanguageReplica:
                 self.ctx.log(f"decode step failed: {type(e).__name__}: {e}")
                 for seq in self.batch.abort_all():
                     self.report(self.error_result(seq.index, f"generation failed: {type(e).__name__}: {e}"))
+        for index, sent in self.streamed.items():
+            seq = self.batch.running(index)
+            if seq is not None and len(seq.tokens) > sent:
+                self.report_tokens(index, seq.tokens[sent:])
+                self.streamed[index] = len(seq.tokens)
         for seq in finished:
-            self.report(self.ok_result(seq))
+            self.streamed.pop(seq.index, None)
+            self.report(self.cancelled_result(seq.index) if seq.finish_reason == "cancelled" else self.ok_result(seq))
 
     def _admit(self, joining: list[tuple[Sequence, Arrival]]) -> list[Sequence]:
         try:
@@ -145,6 +179,7 @@ class LanguageReplica:
             "visual_tokens": arrival.output.num_visual_tokens,
             "timings": {"prefill_s": round(seq.prefill_s, 6), "decode_s": round(now - seq.first_token_at, 6)},
             "lm_rank": self.rank,
+            "running": len(self.batch),
             "received_at": arrival.received_at,
             "admitted_at": seq.admitted_at,
             "first_token_at": seq.first_token_at,
@@ -153,12 +188,21 @@ class LanguageReplica:
 
     @staticmethod
     def error_result(index: int, error: str) -> dict[str, Any]:
-        return {"index": index, "error": error}
+        return {"index": index, "error": error, "status": 500}
+
+    @staticmethod
+    def cancelled_result(index: int) -> dict[str, Any]:
+        return {"index": index, "error": "cancelled by the client", "cancelled": True}
 
     def report(self, result: dict[str, Any]) -> None:
         self.handled += 1
         faults.maybe_die(self.rank, self.handled)
+        self.streamed.pop(result["index"], None)
         messages.send({"kind": "result", "result": result}, self.ctx.roles.lm_leader, self.ctx.groups.ctrl)
+
+    def report_tokens(self, index: int, token_ids: list[int]) -> None:
+        messages.send({"kind": "tokens", "index": index, "token_ids": token_ids}, self.ctx.roles.lm_leader,
+                      self.ctx.groups.ctrl)
 
     @property
     def idle(self) -> bool:
@@ -169,30 +213,17 @@ class LanguageReplica:
 
 
 class LeaderReplica(LanguageReplica):
-    """The language leader: a replica that also dispatches and writes the results."""
+    """The language leader: a replica that also dispatches the requests and hands every result (and,
+    for streamed requests, every token) to its sink: the result file or the HTTP server."""
 
-    def __init__(self, ctx, events: queue.Queue, requests: list):
+    def __init__(self, ctx, events: queue.Queue, sink):
         super().__init__(ctx, events)
         opts, roles = ctx.options, ctx.roles
         limits = DispatchLimits(encoder_slots=opts.encoder_slots, lm_slots=2 * opts.max_batch_size,
                                 serial=opts.serial, serial_gap_s=opts.serial_gap_ms / 1e3)
-        self.dispatcher = Dispatcher(roles.encoder_ranks, roles.lm_ranks, limits, self.send, self.write)
-        self.writer = ResultWriter(
-            opts.output, total=len(requests), progress=not opts.no_progress,
-            stream=sys.stdout if opts.print_results else None,
-            json_stream=sys.stdout if opts.output is None and not opts.print_results else None,
-        )
-        self.requests = requests
+        self.sink = sink
+        self.dispatcher = Dispatcher(roles.encoder_ranks, roles.lm_ranks, limits, self.send, sink.finish)
         self.rank_stats: dict[int, dict[str, Any]] = {}
-
-    def start(self) -> None:
-        self.writer.start_clock()
-        for req in self.requests:
-            if req.error:
-                self.write({"id": req.id, "error": req.error})
-            else:
-                self.dispatcher.submit(req)
-        self.dispatcher.dispatch()
 
     def send(self, msg: dict[str, Any], dst: int) -> None:
         if dst == self.rank:
@@ -200,71 +231,132 @@ class LeaderReplica(LanguageReplica):
         else:
             messages.send(msg, dst, self.ctx.groups.ctrl)
 
-    def write(self, result: dict[str, Any]) -> None:
-        self.writer.write(result)
-
     def report(self, result: dict[str, Any]) -> None:
         self.handled += 1
         faults.maybe_die(self.rank, self.handled)
+        self.streamed.pop(result["index"], None)
         self.dispatcher.on_result(self.rank, result)
+
+    def report_tokens(self, index: int, token_ids: list[int]) -> None:
+        self.sink.tokens(index, token_ids)
 
     def on_message(self, src: int, msg: dict[str, Any]) -> None:
         kind = msg["kind"]
         if kind == "result":
             self.dispatcher.on_result(src, msg["result"])
+        elif kind == "tokens":
+            self.sink.tokens(int(msg["index"]), [int(t) for t in msg["token_ids"]])
         elif kind == "encoded":
+            self.sink.encoded(msg)
             self.dispatcher.on_encoded(src, msg["items"])
         elif kind == "failed":
-            self.dispatcher.on_failed(src, int(msg["index"]), str(msg["error"]))
+            self.dispatcher.on_failed(src, int(msg["index"]), str(msg["error"]), int(msg.get("status", 400)))
         elif kind == "stopped":
             self.rank_stats[src] = msg.get("stats", {})
         else:
             super().on_message(src, msg)
+
+    def on_local(self, event: tuple) -> None:
+        if event[0] == "submit":
+            self.dispatcher.submit(event[1])
+        elif event[0] == "cancel":
+            self.dispatcher.cancel(event[1])
+        elif event[0] == "drain":
+            self.sink.draining = True
+        else:
+            super().on_local(event)
+
+    def serve_until(self, finished) -> None:
+        """Schedule until `finished()`, then stop every other rank and collect their statistics."""
+        roles = self.ctx.roles
+        while not finished():
+            self.take_events(block=self.idle and not self.dispatcher.queue_depth)
+            self.dispatcher.dispatch()
+            self.round()
+            self.sink.beat(self)
+        for rank in range(roles.world_size):
+            if rank != roles.rank:
+                messages.send({"kind": "stop"}, rank, self.ctx.groups.ctrl)
+        self.inbox.close()  # while the encoders close their senders
+        while len(self.rank_stats) < roles.world_size - 1:
+            self.take_events(block=True)
+        self.rank_stats[roles.rank] = self.stats()
+
+
+class FileSink:
+    """`run`: result lines to the output file (or stdout), the progress bar and the summary."""
+
+    draining = False
+
+    def __init__(self, opts, requests: list):
+        self.requests = requests
+        self.writer = ResultWriter(
+            opts.output, total=len(requests), progress=not opts.no_progress,
+            stream=sys.stdout if opts.print_results else None,
+            json_stream=sys.stdout if opts.output is None and not opts.print_results else None,
+        )
+
+    def finish(self, request, line: dict[str, Any]) -> None:
+        line.pop("status", None)
+        self.writer.write(line)
+
+    def tokens(self, index: int, token_ids: list[int]) -> None:
+        pass
+
+    def encoded(self, msg: dict[str, Any]) -> None:
+        pass
+
+    def beat(self, replica) -> None:
+        pass
 
 
 def run_lm(ctx) -> None:
     roles, groups = ctx.roles, ctx.groups
     events: queue.Queue = queue.Queue()
     leader = roles.is_lm_leader
-    if leader:
+    if leader and ctx.serve is not None:
+        from hf_qwen3_deepstack.serving.server import HttpSink
+
+        replica: LanguageReplica = LeaderReplica(ctx, events, HttpSink(ctx, events))
+    elif leader:
         from .requests import load_requests
 
-        replica: LanguageReplica = LeaderReplica(ctx, events, load_requests(ctx.options.requests,
-                                                                             ctx.options.max_new_tokens))
+        sink = FileSink(ctx.options, load_requests(ctx.options.requests, ctx.options.max_new_tokens))
+        replica = LeaderReplica(ctx, events, sink)
     else:
         replica = LanguageReplica(ctx, events)
     messages.Mailbox(groups.ctrl, events, stopped_expected=roles.world_size - 1 if leader else 0)
     ctx.log(f"loaded language model from {ctx.model}")
     ctx.ready()
-    if leader:
-        _lead(ctx, replica)
+    if leader and ctx.serve is not None:
+        replica.sink.start(replica)
+        replica.serve_until(lambda: replica.sink.draining and not replica.dispatcher.in_flight
+                            and not replica.dispatcher.queue_depth)
+        replica.sink.stop()
+    elif leader:
+        _run_file(ctx, replica)
     else:
         while not (replica.stop_requested and replica.idle):
-            replica.take_events(block=replica.idle, on_message=replica.on_message)
+            replica.take_events(block=replica.idle)
             replica.round()
         replica.inbox.close()
         messages.send({"kind": "stopped", "stats": replica.stats()}, roles.lm_leader, groups.ctrl)
     ctx.log_done(replica.handled)
 
 
-def _lead(ctx, replica: LeaderReplica) -> None:
-    roles = ctx.roles
-    replica.start()
-    while not replica.writer.done:
-        replica.take_events(block=replica.idle, on_message=replica.on_message)
-        replica.dispatcher.dispatch()
-        replica.round()
-    for rank in range(roles.world_size):  # every result is written: stop every rank
-        if rank != roles.rank:
-            messages.send({"kind": "stop"}, rank, ctx.groups.ctrl)
-    replica.inbox.close()  # while the encoders close their senders
-    while len(replica.rank_stats) < roles.world_size - 1:
-        replica.take_events(block=True, on_message=replica.on_message)
-    replica.rank_stats[roles.rank] = replica.stats()
-    writer = replica.writer
+def _run_file(ctx, replica: LeaderReplica) -> None:
+    sink: FileSink = replica.sink
+    writer = sink.writer
+    writer.start_clock()
+    for req in sink.requests:
+        if req.error:
+            sink.finish(req, {"id": req.id, "error": req.error})
+        else:
+            replica.dispatcher.submit(req)
+    replica.serve_until(lambda: writer.done)
     writer.close()
-    summary = writer.summary(replica.rank_stats, roles)
-    missing = [r.id for r in replica.requests if r.id not in writer.ids]
+    summary = writer.summary(replica.rank_stats, ctx.roles)
+    missing = [r.id for r in sink.requests if r.id not in writer.ids]
     if missing:  # cannot happen when every rank finishes; say so loudly if it does
         print(f"[hf-qwen3-deepstack] ERROR: no result for {len(missing)} request(s): {missing[:10]}", file=sys.stderr)
     # without --output the result lines own stdout (`run ... > results.jsonl`): summary to stderr

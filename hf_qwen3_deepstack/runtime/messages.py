@@ -8,10 +8,12 @@ interleaved with another message's.
 
 Kinds (every message has "kind"):
 - leader -> encoder: `assign` {index, lm, request} (encode this request, send it to rank `lm`);
-- leader -> language rank: `expect` {index, id, params, arrival} (its parameters; its EncoderOutput
-  comes through the transfer, whose header names the request), `drop` {index} (encoding failed);
-- encoder -> leader: `encoded` {items: [{index, encode_s}]}, `failed` {index, error};
-- language rank -> leader: `result` {result};
+- leader -> language rank: `expect` {index, id, params, stream} (its parameters; its EncoderOutput
+  comes through the transfer, whose header names the request), `drop` {index} (encoding failed),
+  `cancel` {index} (the client is gone);
+- encoder -> leader: `encoded` {items: [{index, encode_s, sent_at, bytes}], cache_hits, cache_misses},
+  `failed` {index, error, status};
+- language rank -> leader: `tokens` {index, token_ids} (streamed requests, each round), `result` {result};
 - leader -> all: `stop`; rank -> leader: `stopped` {stats}.
 """
 
@@ -28,7 +30,7 @@ import torch.distributed as dist
 MAGIC = 0x51_33_56_4C_4D_53_47_31  # "Q3VLMSG1"
 HEADER_TAG, BODY_TAG = 71, 72
 MAX_BYTES = 1 << 30  # a request may carry base64 images; more than this is refused before allocating
-KINDS = {"assign", "expect", "drop", "encoded", "failed", "result", "stop", "stopped"}
+KINDS = {"assign", "expect", "drop", "cancel", "tokens", "encoded", "failed", "result", "stop", "stopped"}
 
 _send_lock = threading.Lock()
 

@@ -34,6 +34,8 @@ class RuntimeOptions:
     encoder_batch_patches: int = _opt(16384, "vision-tower patches an encoder rank encodes in one call (several "
                                              "requests' images and videos)")
     encoder_batch_requests: int = _opt(16, "requests an encoder rank encodes in one vision-tower call")
+    encoder_cache_mb: int = _opt(512, "vision-tower outputs an encoder rank keeps for images and videos seen "
+                                      "again (LRU, keyed by a hash of the processed pixels); 0: off")
     encoder_slots: int = _opt(32, "requests the leader hands an encoder rank ahead (queued or being encoded)")
     capacity_tokens: int = _opt(8192, "receive buffer of a language rank per encoder, in tokens (longer requests "
                                       "arrive in chunks of this size)")
@@ -61,8 +63,8 @@ class RuntimeOptions:
                      "encoder_batch_patches", "encoder_batch_requests", "encoder_slots", "capacity_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.timeout <= 0 or self.threads < 0 or self.serial_gap_ms < 0:
-            raise ValueError("--timeout must be > 0, --threads and --serial-gap-ms >= 0")
+        if self.timeout <= 0 or self.threads < 0 or self.serial_gap_ms < 0 or self.encoder_cache_mb < 0:
+            raise ValueError("--timeout must be > 0; --threads, --serial-gap-ms and --encoder-cache-mb >= 0")
 
     def argv(self) -> list[str]:
         """Flags for `python -m hf_qwen3_deepstack.launch` reproducing these options."""

@@ -24,6 +24,7 @@ class Request:
     messages: list[dict[str, Any]] = field(default_factory=list)
     params: SamplingParams | None = None  # None only with `error`
     error: str | None = None  # set when the line itself is invalid
+    stream: bool = False  # the language rank reports tokens as they come (the HTTP server's streams)
 
 
 _ID_RE = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')

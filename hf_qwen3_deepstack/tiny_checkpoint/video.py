@@ -67,12 +67,12 @@ def smart_resize(num_frames, height, width, temporal_factor=2, factor=32, min_pi
 
 
 def _frame_to_array(frame) -> np.ndarray:
-    """One frame (path, PIL image, array) -> HxWx3 uint8 RGB array."""
+    """One frame (path, URL, data URL, PIL image, array) -> HxWx3 uint8 RGB array."""
     from PIL import Image
+    from transformers.image_utils import load_image
 
     if isinstance(frame, str) or hasattr(frame, "__fspath__"):
-        with Image.open(frame) as img:
-            return np.asarray(img.convert("RGB"))
+        return np.asarray(load_image(str(frame)).convert("RGB"))
     if isinstance(frame, Image.Image):
         return np.asarray(frame.convert("RGB"))
     array = np.asarray(frame)
