@@ -8,6 +8,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hf_qwen3_deepstack.demo", "run 1 encoder + 1 language rank on the tiny default model"),
     "run": ("hf_qwen3_deepstack.runtime.cli", "serve a JSONL file of requests on E encoder + L language ranks"),
+    "serve": ("hf_qwen3_deepstack.serving.cli", "an OpenAI-compatible chat endpoint on E encoder + L language ranks"),
     "tiny-checkpoint": ("hf_qwen3_deepstack.tiny_checkpoint.cli", "write a tiny Qwen3-VL-MoE or dense Qwen3-VL checkpoint"),
     "split": ("hf_qwen3_deepstack.hub.split_cli", "split a Qwen3-VL-MoE checkpoint into two Hub repos"),
     "bench": ("hf_qwen3_deepstack.bench.cli", "benchmarks: transfer | serve"),

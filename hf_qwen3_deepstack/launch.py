@@ -55,6 +55,15 @@ def _install_signal_watcher() -> None:
                 continue
             if _STATE.get("finished"):  # past the final barrier: the job is over, leave quietly
                 os._exit(0)
+            if _STATE.get("serving") and sig != signal.SIGHUP:
+                if not _STATE.get("leader"):
+                    continue  # serving: the other ranks stop when the leader tells them (or fail with it)
+                drain = _STATE.pop("drain", None)
+                if drain is not None:  # the leader's first stop signal: finish what is in flight, then exit
+                    print(f"{PREFIX} {_STATE['who']}: {signal.Signals(sig).name}: no new requests; finishing "
+                          f"those in flight (again to stop at once)", file=sys.stderr, flush=True)
+                    drain()
+                    continue
             name = signal.Signals(sig).name
             why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "another rank failed or the job was stopped"
             print(f"{PREFIX} {_STATE['who']}: stopping on {name}: {why}", file=sys.stderr, flush=True)
@@ -75,7 +84,12 @@ class Context:
     device: Any
     dtype: Any
     lm_model: str  # the language half's checkpoint (its config bounds the prompt length)
+    serve: Any = None  # ServeOptions when serving over HTTP
     failed_requests: int = 0  # set by the language leader
+
+    def on_stop_signal(self, drain) -> None:
+        """Serving: the first SIGTERM / Ctrl-C calls `drain()` instead of ending the rank."""
+        _STATE["drain"] = drain
 
     def log(self, msg: str) -> None:
         if not self.options.quiet:
@@ -109,7 +123,7 @@ def default_threads() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def run_rank(opts) -> int:
+def run_rank(opts, serve=None) -> int:
     _install_signal_watcher()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         print(f"{PREFIX} start this with `torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch ...` "
@@ -151,6 +165,7 @@ def run_rank(opts) -> int:
         dist.init_process_group(backend, timeout=GROUP_TIMEOUT, **kwargs)
         roles = Roles(dist.get_rank(), dist.get_world_size(), opts.encoders, opts.lms)
         _STATE["who"] = f"rank {rank} ({roles.role_name})"
+        _STATE["serving"], _STATE["leader"] = serve is not None, roles.is_lm_leader
         heartbeat = Heartbeat(dist.distributed_c10d._get_default_store(), roles.rank, roles.world_size,
                               opts.timeout, lambda peer, silent: _silent_peer(roles, peer, silent)).start()
         groups = make_groups(roles, timeout=GROUP_TIMEOUT)
@@ -165,7 +180,7 @@ def run_rank(opts) -> int:
             model = opts.model
         encoder_model, lm_model = opts.encoder_model or model, opts.lm_model or model
         ctx = Context(opts, roles, groups, encoder_model if roles.is_encoder else lm_model, device,
-                      resolve_dtype(opts.dtype, device), lm_model)
+                      resolve_dtype(opts.dtype, device), lm_model, serve)
         if roles.is_encoder:
             from hf_qwen3_deepstack.runtime.encoder_worker import run_encoder
 
@@ -198,24 +213,38 @@ def _silent_peer(roles, peer: int, silent: float) -> None:
     os._exit(1)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve: bool = False) -> argparse.ArgumentParser:
     from hf_qwen3_deepstack.runtime.options import add_runtime_arguments
 
-    parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch",
-                                     description=__doc__.split("\n\n")[0])
-    add_runtime_arguments(parser)
+    prog = "torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch" + (" serve" if serve else "")
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_runtime_arguments(parser, requests_required=not serve)
+    if serve:
+        from hf_qwen3_deepstack.serving.options import add_serve_arguments
+
+        add_serve_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`launch [run] OPTIONS` serves a requests file; `launch serve OPTIONS` an HTTP endpoint."""
     from hf_qwen3_deepstack.runtime.options import RuntimeOptions
 
-    parser = build_parser()
-    opts = RuntimeOptions.from_args(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    serve = bool(argv) and argv[0] == "serve"
+    if argv and argv[0] in ("run", "serve"):
+        argv = argv[1:]
+    parser = build_parser(serve)
+    args = parser.parse_args(argv)
+    opts = RuntimeOptions.from_args(args)
     try:
         opts.check()
     except ValueError as e:
         parser.error(str(e))
+    if serve:
+        from hf_qwen3_deepstack.serving.options import ServeOptions
+
+        return run_rank(opts, ServeOptions.from_args(args))
     return run_rank(opts)
 
 

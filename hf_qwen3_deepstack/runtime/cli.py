@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
-def launch(args: RuntimeOptions, *, quiet_agent: bool = True) -> int:
+def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int:
     """Run the job; return 0 when every request succeeded, 3 when some failed (every result line
     written), 1 when a rank failed, 2 for bad usage, 130 on Ctrl-C."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -40,7 +40,7 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True) -> int:
     except ValueError as e:
         print(f"{PREFIX} {e}", file=sys.stderr)
         return 2
-    if args.requests is None or not os.path.isfile(args.requests):
+    if serve is None and (args.requests is None or not os.path.isfile(args.requests)):
         print(f"{PREFIX} requests file not found: {args.requests}", file=sys.stderr)
         return 2
     if needs_default_model(args):
@@ -61,7 +61,8 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True) -> int:
         monitor_interval=0.1,
         start_method="spawn",
     )
-    cmd_args = ["-u", "-c", _BOOTSTRAP, *args.argv()]
+    mode = ["serve", *serve.argv()] if serve is not None else ["run"]
+    cmd_args = ["-u", "-c", _BOOTSTRAP, *mode, *args.argv()]
     try:
         elastic_launch(config, sys.executable)(*cmd_args)
     except ChildFailedError as e:

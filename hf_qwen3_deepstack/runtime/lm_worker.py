@@ -298,6 +298,7 @@ class FileSink:
 
     def finish(self, request, line: dict[str, Any]) -> None:
         line.pop("status", None)
+        line.pop("running", None)
         self.writer.write(line)
 
     def tokens(self, index: int, token_ids: list[int]) -> None:
@@ -330,6 +331,7 @@ def run_lm(ctx) -> None:
     ctx.ready()
     if leader and ctx.serve is not None:
         replica.sink.start(replica)
+        ctx.on_stop_signal(replica.sink.drain)
         replica.serve_until(lambda: replica.sink.draining and not replica.dispatcher.in_flight
                             and not replica.dispatcher.queue_depth)
         replica.sink.stop()

@@ -22,6 +22,8 @@ class Metrics:
         self.in_flight = Gauge(PREFIX + "requests_in_flight", "requests dispatched and not finished", registry=r)
         self.batch_size = Gauge(PREFIX + "running_batch_size", "sequences decoding together on a language rank",
                                 ["lm_rank"], registry=r)
+        self.decode_batch = Histogram(PREFIX + "decode_batch_size", "sequences decoding together when one finished",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.encoder_batch = Histogram(PREFIX + "encoder_batch_size", "requests per vision-tower call",
                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.transfer_bytes = Counter(PREFIX + "transfer_bytes", "EncoderOutput payload bytes sent", registry=r)
