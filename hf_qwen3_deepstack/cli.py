@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("hf_qwen3_deepstack.serving.cli", "an OpenAI-compatible chat endpoint on E encoder + L language ranks"),
     "tiny-checkpoint": ("hf_qwen3_deepstack.tiny_checkpoint.cli", "write a tiny Qwen3-VL-MoE or dense Qwen3-VL checkpoint"),
     "split": ("hf_qwen3_deepstack.hub.split_cli", "split a Qwen3-VL-MoE checkpoint into two Hub repos"),
-    "bench": ("hf_qwen3_deepstack.bench.cli", "benchmarks: transfer | serve"),
+    "bench": ("hf_qwen3_deepstack.bench.cli", "benchmarks: transfer | serve | online"),
 }
 
 

@@ -9,6 +9,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "transfer": ("hf_qwen3_deepstack.bench.transfer", "EncoderOutput send/recv vs raw dist.send, 64 KB..64 MB"),
     "serve": ("hf_qwen3_deepstack.bench.serve", "throughput and latency of the runtime vs transformers, batched"),
+    "online": ("hf_qwen3_deepstack.bench.online", "Poisson load against our server and transformers serve"),
 }
 
 
