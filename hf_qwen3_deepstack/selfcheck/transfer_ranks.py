@@ -177,6 +177,8 @@ class _Steps:
         self.cap = lane.capacity_tokens
         self.group = dist.new_group([0, 1], backend=lane.backend)
         self.throughput_group = dist.new_group([0, 1], backend=lane.backend)
+        # step boundaries: a host-only barrier, never queued behind NCCL work of the transfer
+        self.sync = dist.new_group([0, 1], backend="gloo")
         if rank == 0:
             self.tx = EncoderOutputSender(1, self.group, timeout=lane.timeout_s)
         else:
@@ -230,7 +232,7 @@ class _Steps:
         from hf_qwen3_deepstack.transfer import TransferTimeout
 
         rid, want = self._request_id(), p.build()
-        dist.barrier()  # the receiver starts waiting now; the sender stays silent for SENDER_SILENCE_S
+        self.barrier()  # the receiver starts waiting now; the sender stays silent for SENDER_SILENCE_S
         if self.rank == 0:
             time.sleep(SENDER_SILENCE_S)
             self.tx.send(rid, want.to(self.device))
@@ -248,6 +250,9 @@ class _Steps:
             problem = f"TransferTimeout raised after {waited:.2f} s for timeout={TIMEOUT_PROBE_S} s"
         return {"ok": problem is None, "problem": problem, "timeout_after_s": waited}
 
+    def barrier(self) -> None:
+        dist.barrier(group=self.sync)
+
     def close_pair(self) -> dict:
         (self.tx if self.rank == 0 else self.rx).close()
         return {}
@@ -262,40 +267,40 @@ class _Steps:
             out = want.to(self.device)
             tx = EncoderOutputSender(1, group, timeout=self.lane.timeout_s)
             tx.send(0, out)  # warm-up
-            dist.barrier()
+            self.barrier()
             handles = [tx.isend(i + 1, out) for i in range(reps)]
             for h in handles:
                 h.wait()
-            dist.barrier()
+            self.barrier()
             tx.close()
             dist.send(raw, 1, group=group)  # warm-up
-            dist.barrier()
+            self.barrier()
             for _ in range(reps):
                 dist.send(raw, 1, group=group)
             _sync(self.device)
-            dist.barrier()
+            self.barrier()
             return {}
         rx = EncoderOutputReceiver(0, group, capacity_tokens=THROUGHPUT_CAPACITY, device=self.device,
                                    timeout=self.lane.timeout_s)
         _, got = rx.recv()
         problem = mismatch(got, want)
-        dist.barrier()
+        self.barrier()
         t0 = time.perf_counter()
         for _ in range(reps):
             rx.recv()
         _sync(self.device)
         ours_s = time.perf_counter() - t0
-        dist.barrier()
+        self.barrier()
         rx.close()
         dist.recv(raw, 0, group=group)
         _sync(self.device)
-        dist.barrier()
+        self.barrier()
         t0 = time.perf_counter()
         for _ in range(reps):
             dist.recv(raw, 0, group=group)
         _sync(self.device)
         raw_s = time.perf_counter() - t0
-        dist.barrier()
+        self.barrier()
         return {"ok": problem is None, "problem": problem, "bytes": nbytes, "reps": reps,
                 "ours_gb_s": nbytes * reps / ours_s / 1e9, "raw_gb_s": nbytes * reps / raw_s / 1e9}
 
