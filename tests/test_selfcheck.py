@@ -28,7 +28,7 @@ def run_selfcheck(tmp_path: Path, *args: str, fault: str | None = None) -> tuple
         env[FAULT_ENV] = fault
     report = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "hf_qwen3_deepstack.cli", "selfcheck", "--json", str(report), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False)
     return proc, (json.loads(report.read_text()) if report.exists() else {})
 
 
@@ -41,7 +41,7 @@ def test_selfcheck_on_cpu_passes_every_check_and_reports_its_figures(tmp_path):
 
     proc, report = run_selfcheck(tmp_path, "--device", "cpu", "--workdir", str(tmp_path / "work"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert report["ok"] is True and report["failures"] == [] and report["device"] == "cpu"
+    assert report["ok"] is True and report["failures"] == [] and report["resolved_device"] == "cpu"
     assert report["elapsed_s"] < 300
     assert report["environment"]["torch"] == torch.__version__
     assert report["environment"]["transformers"] == transformers.__version__
@@ -129,8 +129,8 @@ def test_device_cuda_without_cuda_fails_naming_the_missing_device(tmp_path, caps
 
 
 @pytest.mark.parametrize("argv,env,expected", [
-    (["--checks", "parity,bogus"], None, "unknown group(s) 'bogus'; expected a comma-separated subset of "
-                                         "environment,parity,transfer,runtime,server"),
+    (["--checks", "parity,bogus"], None,
+     "unknown group(s) 'bogus'; expected a comma-separated subset of environment,parity,transfer,runtime,server"),
     ([], "flip-everything", f"{FAULT_ENV}='flip-everything' is not a known fault; expected one of split-weight"),
 ], ids=["unknown_check_group", "unknown_fault"])
 def test_bad_usage_exits_2_naming_what_is_wrong(monkeypatch, capsys, argv, env, expected):

@@ -11,7 +11,7 @@ checks), `families` (what a model family provides), `inputs` (the prompts).
 from .options import SelfcheckOptions
 from .report import CheckResult, SelfcheckReport, Status
 
-__all__ = ["SelfcheckOptions", "CheckResult", "SelfcheckReport", "Status", "run_selfcheck"]
+__all__ = ["CheckResult", "SelfcheckOptions", "SelfcheckReport", "Status", "run_selfcheck"]
 
 
 def run_selfcheck(options: SelfcheckOptions) -> SelfcheckReport:

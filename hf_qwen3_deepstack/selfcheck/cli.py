@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated check groups to run (environment always runs)")
     parser.add_argument("--family", choices=tuple(FAMILIES), default="qwen3-vl-moe", help="model family to check")
     parser.add_argument("--workdir", metavar="DIR", default=None,
-                        help="keep the tiny checkpoint, images and runtime files here (default: a temp dir, removed)")
+                        help="where the tiny checkpoint, images and runtime files are written and kept (None: a "
+                             "temp dir, removed at the end)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ NEW_TOKENS = 8  # greedy tokens generated per prompt
 
 def prompt_messages(images: list[Path]) -> dict[str, list[dict]]:
     """name -> chat messages; `images` as written by `write_sample_images`."""
-    square, wide, _landscape, *frames = images
+    _square, wide, _landscape, *frames = images
 
     def user(*items: dict) -> list[dict]:
         return [{"role": "user", "content": list(items)}]

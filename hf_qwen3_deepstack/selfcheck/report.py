@@ -39,9 +39,10 @@ class CheckResult:
 
 @dataclass
 class SelfcheckReport:
-    device: str
+    device: str  # as asked for: auto | cpu | cuda
     family: str
     environment: dict[str, Any]
+    resolved_device: str | None = None  # what `device` resolved to (None: not available)
     results: list[CheckResult] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -57,6 +58,7 @@ class SelfcheckReport:
         return {
             "ok": self.ok,
             "device": self.device,
+            "resolved_device": self.resolved_device,
             "family": self.family,
             "elapsed_s": round(self.elapsed_s, 3),
             "environment": self.environment,

@@ -3,12 +3,12 @@ raises becomes one failing row naming the exception, and the groups after it sti
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import environment, parity, runtime, server, transfer
@@ -26,14 +26,36 @@ CHECKS: dict[str, Callable[[CheckContext], list[CheckResult]]] = {
 }
 
 
-def _quiet_transformers() -> None:
-    import transformers
+@contextlib.contextmanager
+def _work_directory(path: str | None) -> Iterator[Path]:
+    """`path` (created, kept), or a temp dir removed at the end."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="hf-qwen3-deepstack-selfcheck-") as tmp:
+        yield Path(tmp)
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    from huggingface_hub.utils import disable_progress_bars
 
-    disable_progress_bars()
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No transformers warnings or loading bars between the table's rows; restored afterwards."""
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging
+
+    verbosity, bars, hub_bars_off = logging.get_verbosity(), logging.is_progress_bar_enabled(), \
+        hub.are_progress_bars_disabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+        if not hub_bars_off:
+            hub.enable_progress_bars()
 
 
 def run_selfcheck(options: SelfcheckOptions, log=sys.stderr) -> SelfcheckReport:
@@ -41,13 +63,11 @@ def run_selfcheck(options: SelfcheckOptions, log=sys.stderr) -> SelfcheckReport:
     t0 = time.perf_counter()
     env = environment.describe()
     device = environment.resolve_device(options.device)
-    report = SelfcheckReport(device=options.device, family=options.family, environment=env)
+    report = SelfcheckReport(device=options.device, family=options.family, environment=env,
+                             resolved_device=None if device is None else str(device))
     report.results += environment.run(env, options.device, device)
-    _quiet_transformers()
 
-    workdir = Path(options.workdir) if options.workdir else Path(tempfile.mkdtemp(prefix="hf-qwen3-deepstack-selfcheck-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with _work_directory(options.workdir) as workdir, _quiet_transformers():
         ctx = CheckContext(options, device, FAMILIES[options.family], workdir) if device is not None else None
         for group, check in CHECKS.items():
             if group not in options.checks:
@@ -63,8 +83,5 @@ def run_selfcheck(options: SelfcheckOptions, log=sys.stderr) -> SelfcheckReport:
                 report.results.append(CheckResult(
                     group, "crashed", Status.FAIL, f"{type(e).__name__}: {e}",
                     {"traceback": traceback.format_exc()}, time.perf_counter() - started))
-    finally:
-        if not options.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
     report.elapsed_s = time.perf_counter() - t0
     return report
