@@ -1,5 +1,5 @@
-"""`hf-qwen3-deepstack selfcheck --device cpu`: every check passes on this install and its JSON report
-carries the figures; a perturbed weight in the split copy makes parity fail, named, with its figure;
+"""`hf-qwen3-deepstack selfcheck --device cpu`: every check passes on this install (runtime and server
+included) and its JSON report carries the figures; a perturbed weight in the split copy makes parity fail, named, with its figure;
 bad usage and a missing CUDA device are reported as such."""
 
 from __future__ import annotations
@@ -77,14 +77,18 @@ def test_selfcheck_on_cpu_passes_every_check_and_reports_its_figures(tmp_path):
     runtime = rows(report, "runtime")
     assert list(runtime) == ["1E+1L cpu, fp32"]
     assert runtime["1E+1L cpu, fp32"]["status"] == "pass" and runtime["1E+1L cpu, fp32"]["values"]["tokens_equal"]
-    assert [r["status"] for r in rows(report, "server").values()] == ["skip"]
+    server = rows(report, "server")  # the test extra installs the serve extra
+    assert list(server) == ["one streamed request, 1E+1L cpu, fp32"]
+    streamed = server["one streamed request, 1E+1L cpu, fp32"]
+    assert streamed["status"] == "pass" and streamed["values"]["tokens_equal"] is True
+    assert streamed["values"]["token_ids"] == parity["fp32 cpu: image"]["values"]["expected_tokens"]
     assert "0 fail" in proc.stdout and "FAILED" not in proc.stdout
 
     # the oracle is transformers itself: regenerate the image prompt's tokens from the checkpoint the check built
     from hf_qwen3_deepstack.runtime.models import build_prompt, load_monolithic
     from hf_qwen3_deepstack.selfcheck.inputs import NEW_TOKENS, prompt_messages
 
-    processor, model = load_monolithic(str(tmp_path / "work" / "tiny-qwen3-vl-moe"), torch.float32, torch.device("cpu"))
+    processor, model = load_monolithic(str(tmp_path / "work" / "tiny-moe"), torch.float32, torch.device("cpu"))
     messages = prompt_messages(sorted((tmp_path / "work" / "images").iterdir(), key=_sample_order))
     inputs = build_prompt(processor, messages["image"])
     with torch.inference_mode():

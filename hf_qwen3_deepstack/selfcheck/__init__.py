@@ -5,7 +5,7 @@
 Modules: `options` (typed options), `runner` (runs the groups), `report` (rows, table, JSON), one
 module per check group: `environment`, `parity`, `transfer` (+ `transfer_ranks`, what the two spawned
 ranks run), `runtime`, `server`; `context` (tiny checkpoint, images and models shared by the
-checks), `families` (what a model family provides), `inputs` (the prompts).
+checks, for one family of `hf_qwen3_deepstack.families`), `inputs` (the prompts).
 """
 
 from .options import SelfcheckOptions

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .families import ModelFamily
+from hf_qwen3_deepstack.families import ModelFamily
+
 from .inputs import NEW_TOKENS, prompt_messages
 from .options import SelfcheckOptions
 
@@ -30,8 +31,10 @@ class CheckContext:
 
     def checkpoint(self) -> Path:
         """The tiny random checkpoint of the family, written with transformers (deterministic seed)."""
-        return self._once("checkpoint", lambda: self.family.write_tiny_checkpoint(
-            self.workdir / f"tiny-{self.family.name}", CHECKPOINT_SEED))
+        from hf_qwen3_deepstack.tiny_checkpoint.build import write_tiny_checkpoint
+
+        return self._once("checkpoint", lambda: write_tiny_checkpoint(
+            self.workdir / f"tiny-{self.family.name}", CHECKPOINT_SEED, family=self.family.name))
 
     def sample_images(self) -> list[Path]:
         from hf_qwen3_deepstack.tiny_checkpoint.build import write_sample_images
@@ -53,15 +56,15 @@ class CheckContext:
         return self._once(("inputs", name), lambda: dict(build_prompt(self.processor(), self.messages()[name])))
 
     def monolithic(self, device: torch.device, dtype: torch.dtype):
-        cls = self.family.load("monolithic")
+        cls = self.family.monolithic_class()
         return self._once(("monolithic", str(device), dtype), lambda: cls.from_pretrained(
             self.checkpoint(), dtype=dtype).to(device).eval())
 
     def split(self, device: torch.device, dtype: torch.dtype):
         """(encoder, language model), each loaded with only its own weights from the full checkpoint."""
         def load():
-            enc = self.family.load("encoder").from_pretrained(self.checkpoint(), dtype=dtype).to(device).eval()
-            lm = self.family.load("language").from_pretrained(self.checkpoint(), dtype=dtype).to(device).eval()
+            enc = self.family.encoder_class().from_pretrained(self.checkpoint(), dtype=dtype).to(device).eval()
+            lm = self.family.lm_class().from_pretrained(self.checkpoint(), dtype=dtype).to(device).eval()
             if self.options.fault == "split-weight":
                 with torch.no_grad():
                     lm.get_output_embeddings().weight[0, 0] += 1.0

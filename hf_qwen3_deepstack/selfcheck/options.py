@@ -19,13 +19,13 @@ class SelfcheckOptions:
     device: str = "auto"  # auto | cpu | cuda
     json: str | None = None  # also write the report here
     checks: tuple[str, ...] = CHECK_GROUPS
-    family: str = "qwen3-vl-moe"
+    family: str = "moe"  # a key of hf_qwen3_deepstack.families.FAMILIES
     workdir: str | None = None  # tiny checkpoints, images and runtime files (default: a temp dir, removed)
     fault: str | None = field(default_factory=lambda: os.environ.get(FAULT_ENV) or None)
 
     def check(self) -> None:
         """ValueError naming the first bad option and what was expected."""
-        from .families import FAMILIES
+        from hf_qwen3_deepstack.families import FAMILIES
 
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")

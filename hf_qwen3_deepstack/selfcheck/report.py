@@ -40,7 +40,7 @@ class CheckResult:
 @dataclass
 class SelfcheckReport:
     device: str  # as asked for: auto | cpu | cuda
-    family: str
+    family: str  # a key of hf_qwen3_deepstack.families.FAMILIES
     environment: dict[str, Any]
     resolved_device: str | None = None  # what `device` resolved to (None: not available)
     results: list[CheckResult] = field(default_factory=list)
@@ -75,7 +75,7 @@ class SelfcheckReport:
 
         file = file or sys.stdout
         console = Console(file=file, width=None if file.isatty() else 160, highlight=False)
-        table = Table(title=f"hf-qwen3-deepstack selfcheck ({self.family}, --device {self.device})")
+        table = Table(title=f"hf-qwen3-deepstack selfcheck (family {self.family}, --device {self.device})")
         for column in ("check", "what", "result", "figure", "s"):
             table.add_column(column, justify="right" if column == "s" else "left")
         style = {Status.PASS: "green", Status.FAIL: "bold red", Status.WARN: "yellow", Status.SKIP: "dim"}

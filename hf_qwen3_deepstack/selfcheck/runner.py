@@ -11,9 +11,10 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hf_qwen3_deepstack.families import FAMILIES
+
 from . import environment, parity, runtime, server, transfer
 from .context import CheckContext
-from .families import FAMILIES
 from .options import SelfcheckOptions
 from .report import CheckResult, SelfcheckReport, Status
 

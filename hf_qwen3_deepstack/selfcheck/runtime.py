@@ -64,8 +64,6 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     from hf_qwen3_deepstack.runtime.cli import launch
     from hf_qwen3_deepstack.runtime.options import RuntimeOptions
 
-    if not ctx.family.runtime:
-        return [CheckResult("runtime", "1E+1L", Status.SKIP, f"`run` does not serve the {ctx.family.name} family")]
     rows = []
     on_gpus = ctx.device.type == "cuda" and torch.cuda.device_count() >= 2
     if ctx.device.type == "cuda" and not on_gpus:
