@@ -143,3 +143,34 @@ def test_bad_usage_exits_2_naming_what_is_wrong(monkeypatch, capsys, argv, env, 
         monkeypatch.setenv(FAULT_ENV, env)
     assert cli_main(["selfcheck", "--device", "cpu", *argv]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_transformers_outside_the_supported_range_is_a_warning_naming_the_range():
+    from hf_qwen3_deepstack.selfcheck import environment
+
+    env = {**environment.describe(), "transformers": "5.30.0"}
+    row = {r.name: r for r in environment.run(env, "cpu", torch.device("cpu"))}["transformers"]
+    assert row.status.value == "warn"
+    assert "5.30.0" in row.figure and "OUTSIDE the supported range >=5.23,<5.24" in row.figure
+    assert row.values["in_range"] is False
+
+
+def test_a_transfer_step_that_fails_is_named_with_its_cause_and_later_steps_are_reported_not_completed():
+    from hf_qwen3_deepstack.selfcheck.transfer import GLOO_LANE, lane_results
+
+    ok = {"ok": True, "problem": None, "tokens": 64, "visual_rows": 21, "bytes": 13320, "chunks": 1}
+    reports = {
+        0: [("bit-exact, one chunk", True, {}, 0.0), ("bit-exact, many chunks", True, {}, 0.0),
+            ("bit-exact, no visual rows", False, "Traceback ...\nRuntimeError: Connection closed by peer", 0.1)],
+        1: [("bit-exact, one chunk", True, ok, 0.0),
+            ("bit-exact, many chunks", True, {**ok, "ok": False, "problem": "visual_embeds: 3 of 100 values differ"},
+             0.0)],
+    }
+    rows = {r.name.removeprefix("gloo cpu: "): r for r in lane_results(GLOO_LANE, reports, "rank(s) [1] hung")}
+    assert rows["bit-exact, one chunk"].status.value == "pass"
+    assert rows["bit-exact, many chunks"].status.value == "fail"
+    assert rows["bit-exact, many chunks"].figure.startswith("visual_embeds: 3 of 100 values differ")
+    assert rows["bit-exact, no visual rows"].status.value == "fail"
+    assert rows["bit-exact, no visual rows"].figure == "rank 0 raised: RuntimeError: Connection closed by peer"
+    for later in ("resume after an interrupted transfer", "recv after a TransferTimeout", "throughput vs raw send"):
+        assert rows[later].status.value == "fail" and rows[later].figure == "not completed: rank(s) [1] hung"
