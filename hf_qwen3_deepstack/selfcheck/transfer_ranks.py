@@ -220,7 +220,6 @@ class _Steps:
         copies += [_Copy(chunk) for chunk in self.rx.resume(rid)]
         offsets = [c.offset for c in copies]
         expected_offsets = list(range(0, p.tokens, self.cap))
-        problem = None
         if offsets != expected_offsets:
             problem = f"chunk offsets {offsets}, expected {expected_offsets}"
         else:
