@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-checkpoint": ("hf_qwen3_deepstack.tiny_checkpoint.cli", "write a tiny Qwen3-VL-MoE or dense Qwen3-VL checkpoint"),
     "split": ("hf_qwen3_deepstack.hub.split_cli", "split a Qwen3-VL-MoE checkpoint into two Hub repos"),
     "bench": ("hf_qwen3_deepstack.bench.cli", "benchmarks: transfer | serve | online"),
+    "selfcheck": ("hf_qwen3_deepstack.selfcheck.cli", "check this install: split parity, transfer, runtime, server (tiny models)"),
 }
 
 
