@@ -4,7 +4,6 @@ alive (slower per step than the timeout) is not declared dead."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -206,8 +206,8 @@ def main(args: argparse.Namespace) -> int:
 
     reference = next(iter(results.values()))["token_ids"]
     equal = {m: r["token_ids"] == reference for m, r in results.items()}
-    table = [f"| mode | req/s | output tokens/s | TTFT p50 (s) | TTFT p95 (s) | e2e p50 (s) | e2e p95 (s) | "
-             f"mean batch | tokens equal |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
+    table = ["| mode | req/s | output tokens/s | TTFT p50 (s) | TTFT p95 (s) | e2e p50 (s) | e2e p95 (s) | "
+             "mean batch | tokens equal |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
     for m, r in results.items():
         table.append(f"| {MODES[m]} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} | "
                      f"{r['ttft_p95_s']:.3f} | {r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | "

@@ -19,11 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from hf_qwen3_deepstack.runtime.cli import launch
 
-    try:
-        import fastapi, prometheus_client, sse_starlette, uvicorn  # noqa: F401, E401
-    except ModuleNotFoundError as e:
-        raise SystemExit(f"serve needs the 'serve' extra ({e.name} is missing): "
-                         f"pip install 'hf-qwen3-deepstack[serve]'") from None
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "sse_starlette", "prometheus_client") if not importlib.util.find_spec(m)]
+    if missing:
+        raise SystemExit(f"serve needs the 'serve' extra ({', '.join(missing)} missing): "
+                         f"pip install 'hf-qwen3-deepstack[serve]'")
     if getattr(args, "requests", None):
         raise SystemExit("serve takes requests over HTTP; --requests is for `hf-qwen3-deepstack run`")
     return launch(RuntimeOptions.from_args(args), serve=ServeOptions.from_args(args))
