@@ -69,7 +69,7 @@ def read_header(file: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     """Parse and validate a safetensors header without reading any tensor data.
 
     Raises `SafetensorsError` for a missing file, a truncated file (data shorter than the header
-    says), overlapping/holed offsets or an unknown dtype.
+    says), a malformed entry (dtype, shape, offsets) or overlapping/holed offsets.
     """
     file = Path(file)
     if not file.is_file():
@@ -91,16 +91,13 @@ def read_header(file: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     if not isinstance(header, dict):
         raise SafetensorsError(f"{file} is not a valid safetensors file: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{file} is not a valid safetensors file: __metadata__ must map strings to strings")
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     spans = []
     for name, entry in header.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except KeyError as e:
-            raise SafetensorsError(f"{file}: tensor {name!r} has an unsupported or missing header field ({e})") from e
+        dtype, shape, (begin, end) = _header_entry(file, name, entry)
         expected = math.prod(shape) * element_size(dtype)
         if end - begin != expected or begin < 0:
             raise SafetensorsError(f"{file}: tensor {name!r} has offsets {begin}..{end} but needs {expected} bytes")
@@ -120,6 +117,29 @@ def read_header(file: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
             )
         raise SafetensorsError(f"{file}: {size - base - position} trailing bytes after the tensor data")
     return infos, metadata
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_entry(file: Path, name: str, entry) -> tuple[torch.dtype, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, data offsets) of one header entry, each checked for type and range."""
+    def bad(what: str) -> SafetensorsError:
+        return SafetensorsError(f"{file} is not a valid safetensors file: tensor {name!r} {what}")
+
+    if not isinstance(entry, dict):
+        raise bad(f"has header entry {entry!r}; expected an object with dtype, shape and data_offsets")
+    dtype = entry.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad(f"has dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"has shape {shape!r}; expected a list of non-negative integers")
+    offsets = entry.get("data_offsets")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise bad(f"has data_offsets {offsets!r}; expected [begin, end], two non-negative integers")
+    return DTYPES[dtype], tuple(shape), (offsets[0], offsets[1])
 
 
 def _read_exact(f: BinaryIO, n: int, file: Path) -> bytearray:
