@@ -4,6 +4,8 @@ import argparse
 import importlib
 import sys
 
+from .cli_values import HelpFormatter
+
 # sub-command -> module exposing `add_arguments(parser)` and `main(args) -> int`
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("hf_qwen3_deepstack.demo", "run 1 encoder + 1 language rank on the tiny default model"),
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hf-qwen3-deepstack")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         sub_parser.set_defaults(_module=module)
         if argv and argv[0] == name:
             importlib.import_module(module).add_arguments(sub_parser)
