@@ -38,7 +38,7 @@ from ..cli_values import format_size, parse_dtype, parse_size
 from ..families import FAMILIES, ModelFamily
 from .interruption import Interrupted, signals_held, signals_raise_interrupted
 from .model_card import CardInfo, render_card
-from .remote_code import REMOTE_CODE, RemoteCode, RemoteCodeError, copy_code
+from .remote_code import REMOTE_CODE, VIDEO_PROCESSOR_CODE, RemoteCode, RemoteCodeError, copy_code
 from .safetensors_io import PlannedTensor, SafetensorsError, TensorInfo, read_header, write_shard
 from .source import ResolvedSource, SourceError, is_hub_id, read_json, read_source_card_license, resolve_source
 
@@ -112,6 +112,10 @@ class RepoPlan:
     sizes_known: bool = True
 
     @property
+    def ships_video_processor(self) -> bool:
+        return any(p.name == VIDEO_PROCESSOR_CODE.config_name for p in self.extra_files)
+
+    @property
     def tensors(self) -> list[PlannedTensor]:
         return [t for shard in self.shards for t in shard]
 
@@ -131,6 +135,8 @@ class RepoPlan:
             names.append("model.safetensors.index.json")
         names += [p.name for p in self.code.files()]
         names += [p.name for p in self.extra_files]
+        if self.ships_video_processor:
+            names.append(VIDEO_PROCESSOR_CODE.file_name)
         return sorted(set(names))
 
 
@@ -353,6 +359,13 @@ def plan_split(
             plan.dtype_name = str(raw_cfg.get("dtype") or raw_cfg.get("torch_dtype") or
                                   raw_cfg.get("text_config", {}).get("dtype") or "bfloat16")
         plan.extra_files = [path / n for n in EXTRA_FILES[half] if (path / n).is_file()]
+        if plan.ships_video_processor:
+            video_config = path / VIDEO_PROCESSOR_CODE.config_name
+            try:
+                if not isinstance(read_json(video_config), dict):
+                    raise SourceError(f"{video_config} is not a JSON object")
+            except SourceError as e:
+                raise SplitError(str(e)) from e
         plans[half] = plan
     return SplitResult(source, plans["encoder"], plans["lm"], dry_run=False, skipped_keys=skipped)
 
@@ -394,6 +407,8 @@ def _write_repo(plan: RepoPlan, tmp: Path, result: SplitResult, card_license: di
     copy_code(plan.code, tmp)
     for file in plan.extra_files:
         shutil.copyfile(file, tmp / file.name)
+    if plan.ships_video_processor:
+        VIDEO_PROCESSOR_CODE.add_to(tmp)
     gen = source / "generation_config.json"
     if gen.is_file():
         shutil.copyfile(gen, tmp / "generation_config.json")
