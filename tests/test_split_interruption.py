@@ -157,3 +157,14 @@ def test_output_folders_get_the_umask_permissions(repos, tmp_path):
     for half in HALVES:
         assert (tmp_path / half).stat().st_mode & 0o777 == 0o750
         assert (tmp_path / half / "config.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_tiny_checkpoint_folder_gets_the_umask_permissions(tmp_path):
+    from hf_qwen3_deepstack.tiny_checkpoint.build import write_tiny_checkpoint
+
+    previous = os.umask(0o027)
+    try:
+        path = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o750
