@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import torch
-import transformers
 
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, infer_channel_dimension_format
@@ -246,7 +245,10 @@ class Qwen3VLVideoProcessorPil(VideoProcessorMixin):
 
 # ProcessorMixin type-checks a video processor against `transformers.VideoProcessorMixin`, which the
 # top-level module does not export without torchvision. Done on import, so that this file also
-# works as the processor remote code of a split encoder repo.
+# works as the processor remote code of a split encoder repo. (Imported here, after
+# `transformers.processing_utils`, whose import replaces the `transformers` module object.)
+import transformers  # noqa: E402
+
 if not hasattr(transformers, "VideoProcessorMixin"):
     setattr(transformers, "VideoProcessorMixin", VideoProcessorMixin)
 
