@@ -160,7 +160,6 @@ def iter_tensor_chunks(
     *,
     transpose_12: bool = False,
     dtype: torch.dtype | None = None,
-    chunk_bytes: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the tensor in contiguous row chunks along dim 0 (each already transposed/cast).
 
@@ -169,7 +168,6 @@ def iter_tensor_chunks(
     """
     shape = info.shape
     out_dtype = dtype or info.dtype
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
     if len(shape) == 0 or shape[0] == 0 or math.prod(shape) == 0:
         f.seek(info.begin)
         buf = _read_exact(f, info.nbytes, info.file)
@@ -177,7 +175,7 @@ def iter_tensor_chunks(
         yield t.to(out_dtype)
         return
     row_bytes = info.nbytes // shape[0]
-    rows = max(1, chunk_bytes // max(1, row_bytes))
+    rows = max(1, CHUNK_BYTES // max(1, row_bytes))
     f.seek(info.begin)
     for start in range(0, shape[0], rows):
         n = min(rows, shape[0] - start)
@@ -223,7 +221,6 @@ def write_shard(
     *,
     metadata: dict[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
-    chunk_bytes: int | None = None,
 ) -> int:
     """Stream `tensors` from their source files into one safetensors file; returns bytes written."""
     open_files: dict[Path, BinaryIO] = {}
@@ -240,8 +237,7 @@ def write_shard(
                     open_files.clear()
                     src = open_files[t.source.file] = open(t.source.file, "rb")
                 n = 0
-                for chunk in iter_tensor_chunks(t.source, src, transpose_12=t.transpose_12, dtype=t.dtype,
-                                                chunk_bytes=chunk_bytes):
+                for chunk in iter_tensor_chunks(t.source, src, transpose_12=t.transpose_12, dtype=t.dtype):
                     data = chunk.reshape(-1).view(torch.uint8).numpy()
                     out.write(data)
                     n += data.nbytes
