@@ -114,8 +114,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> int:
-    from .runtime.cli import add_arguments as add_runtime_arguments
     from .runtime.cli import launch
+    from .runtime.options import RuntimeOptions
     from .tiny_checkpoint.build import default_tiny_checkpoint, write_sample_images
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -130,15 +130,11 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     requests_file.write_text("".join(json.dumps(r) + "\n" for r in requests))
     print(f"{PREFIX} {model}\n{PREFIX} {len(requests)} requests, {len(images)} sample images in {workdir}\n"
           f"{PREFIX} starting {args.encoders} encoder + {args.lms} language rank(s)...", flush=True)
-    runtime_parser = argparse.ArgumentParser()
-    add_runtime_arguments(runtime_parser)
-    run_args = runtime_parser.parse_args([
-        "--model", model, "--requests", str(requests_file), "--output", str(output),
-        "--encoders", str(args.encoders), "--lms", str(args.lms), "--max-new-tokens", str(args.max_new_tokens),
-        "--dtype", args.dtype, "--threads", str(args.threads), "--timeout", "300",
-        "--print-results", "--no-progress", "--quiet",
-    ])
-    rc = launch(run_args)
+    rc = launch(RuntimeOptions(
+        model=model, requests=str(requests_file), output=str(output), encoders=args.encoders, lms=args.lms,
+        max_new_tokens=args.max_new_tokens, dtype=args.dtype, threads=args.threads, print_results=True,
+        no_progress=True, quiet=True,
+    ))
     if rc != 0:
         return rc
     print(f"{PREFIX} running transformers' monolithic generate on the same requests...", flush=True)
