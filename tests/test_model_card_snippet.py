@@ -83,3 +83,30 @@ def test_card_torchrun_snippet_matches_monolithic_tokens(tiny_checkpoint_dir, sa
     want = want[0, inputs["input_ids"].shape[1]:].tolist()
     assert len(want) > 8
     assert got == want
+
+
+def _python_blocks_before_torchrun(card: str) -> str:
+    head = card.split("## Two rank groups with torchrun", 1)[0]
+    return "\n".join(re.findall(r"```python\n(.*?)```", head, re.S))
+
+
+def test_card_python_examples_run_as_printed_with_plain_transformers(tiny_checkpoint_dir, sample_images, tmp_path):
+    """Every python block of both cards (load, encode, generate), run in order as one script in a
+    process that has only torch and transformers to work with (HF_HUB_OFFLINE, no package import)."""
+    from hf_qwen3_deepstack.hub.split import split_checkpoint
+
+    enc_repo, lm_repo = tmp_path / "encoder", tmp_path / "lm"
+    split_checkpoint(tiny_checkpoint_dir, enc_repo, lm_repo, dtype="float32", progress=False,
+                     encoder_repo_id="org/tiny-encoder", lm_repo_id="org/tiny-lm")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    for repo in (enc_repo, lm_repo):
+        script = _python_blocks_before_torchrun((repo / "README.md").read_text())
+        assert script.count("from_pretrained(") >= 3 and "generate(" in script
+        script = script.replace('"org/tiny-encoder"', repr(str(enc_repo))).replace('"org/tiny-lm"', repr(str(lm_repo)))
+        script = script.replace('"photo.jpg"', repr(str(sample_images[0])))
+        script += "\nassert not any(m.startswith('hf_qwen3_deepstack') for m in __import__('sys').modules)\n"
+        (tmp_path / "card.py").write_text(script)
+        proc = subprocess.run([sys.executable, "card.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"{repo.name} card:\n{proc.stderr[-4000:]}"
