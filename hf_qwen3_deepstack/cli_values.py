@@ -33,7 +33,7 @@ def parse_size(size: str | int) -> int:
     if isinstance(size, int) and not isinstance(size, bool):
         value = size
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?)B?\s*", str(size), flags=re.IGNORECASE)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*((?:[KMGT]I?)?)B?\s*", str(size), flags=re.IGNORECASE)
         if not m:
             raise ValueError(f"invalid size {size!r}; use e.g. 5GB, 500MB, 2GiB or a byte count")
         value = int(float(m[1]) * _SIZE_UNITS[m[2].upper()])
