@@ -1,6 +1,8 @@
 """A half whose checkpoint lacks one of its own tensors does not load (it would keep a random
 value and generate garbage): the error names the parameter. Every source: the full Qwen3-VL-MoE
-checkpoint, the split repos, a text Qwen3-MoE checkpoint; a tensor of the other half is not needed."""
+checkpoint, the split repos, a text Qwen3-MoE checkpoint, and the same for dense Qwen3-VL (the
+check is the loader's, driven by each model's own parameters); a tensor of the other half is not
+needed."""
 
 import json
 import shutil
@@ -11,7 +13,12 @@ from _checkpoints import text_checkpoint, vl_checkpoint
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from hf_qwen3_deepstack import Qwen3MoeForCausalLMWithDeepStack, Qwen3VLMoeEncoderOnly
+from hf_qwen3_deepstack import (
+    Qwen3ForCausalLMWithDeepStack,
+    Qwen3MoeForCausalLMWithDeepStack,
+    Qwen3VLEncoderOnly,
+    Qwen3VLMoeEncoderOnly,
+)
 from hf_qwen3_deepstack.checkpoint_view import MissingWeightsError
 from hf_qwen3_deepstack.hub import split_checkpoint
 
@@ -21,8 +28,10 @@ def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("missing-weights")
     full = vl_checkpoint(root, "vl-untied", tie_word_embeddings=False)
     split_checkpoint(full, root / "split-encoder", root / "split-lm", progress=False)
+    dense = vl_checkpoint(root, "vl-dense-untied", family="dense", tie_word_embeddings=False)
     return {"full": full, "split-encoder": root / "split-encoder", "split-lm": root / "split-lm",
-            "text": text_checkpoint(root), "root": root}
+            "text": text_checkpoint(root), "dense": dense,
+            "dense-text": text_checkpoint(root, "text-dense", family="dense"), "root": root}
 
 
 def without_tensor(src: Path, dst: Path, key: str) -> Path:
@@ -52,6 +61,11 @@ CASES = [  # (source, class, removed checkpoint key, parameter named in the erro
     ("split-lm", Qwen3MoeForCausalLMWithDeepStack, "model.language_model.norm.weight", "model.norm.weight"),
     ("text", Qwen3MoeForCausalLMWithDeepStack, "model.layers.0.self_attn.q_proj.weight",
      "model.layers.0.self_attn.q_proj.weight"),
+    ("dense", Qwen3VLEncoderOnly, "model.visual.deepstack_merger_list.0.norm.weight",
+     "visual.deepstack_merger_list.0.norm.weight"),
+    ("dense", Qwen3ForCausalLMWithDeepStack, "model.language_model.layers.1.mlp.down_proj.weight",
+     "model.layers.1.mlp.down_proj.weight"),
+    ("dense-text", Qwen3ForCausalLMWithDeepStack, "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
 ]
 
 
