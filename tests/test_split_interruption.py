@@ -168,3 +168,21 @@ def test_tiny_checkpoint_folder_gets_the_umask_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o750
+
+
+def test_a_failed_rename_while_swapping_in_puts_the_old_folders_back(repos, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fresh_outputs(repos, out)
+    real_rename = Path.rename
+
+    def rename(self, target):
+        swapping_in = self.name.startswith(".lm.split-") and not self.name.startswith(".lm.split-old-")
+        if swapping_in and Path(target).name == "lm":  # the new language repo, the last rename
+            raise OSError("rename failed (simulated)")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="simulated"):
+        split_checkpoint(repos[0], out / "enc", out / "lm", progress=False, overwrite=True)
+    assert {h: snapshot(out / h) for h in HALVES} == repos[2]
+    assert sorted(os.listdir(out)) == ["enc", "lm"]

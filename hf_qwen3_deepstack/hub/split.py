@@ -554,7 +554,8 @@ def _write_and_move(result: SplitResult, progress: bool) -> None:
                 if backup is not None:
                     final.rename(backup)
                 placed.append((final, backup))
-                temps.pop(plan.half).rename(final)
+                temps[plan.half].rename(final)
+                del temps[plan.half]
             committed = True
         for _, backup in placed:
             if backup is not None:
