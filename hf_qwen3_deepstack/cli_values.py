@@ -69,11 +69,11 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Descriptions printed as written; every option's help ends with its default, unless the help
-    already states it in words ('default: ...')."""
+    """Descriptions printed as written; every optional option's help ends with its default, unless
+    the help already states it in words ('default: ...'), as it must for a default of None."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if "default" in help_text.lower():
+        if "default" in help_text.lower() or action.required or action.default is None:
             return help_text
         return super()._get_help_string(action)

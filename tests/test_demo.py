@@ -80,3 +80,10 @@ def test_demo_reports_differing_answers_and_removes_its_temporary_folder(tmp_pat
     out = capsys.readouterr().out
     assert rc == 1 and "[hf-qwen3-deepstack demo] identical to transformers: 3/4 (different: video)" in out
     assert seen["workdir"].startswith(str(tmp_path / "tmp")) and os.listdir(tmp_path / "tmp") == []
+
+
+def test_demo_with_a_model_path_that_does_not_exist_says_so(tmp_path, capsys):
+    from hf_qwen3_deepstack import cli
+
+    assert cli.main(["demo", "--model", str(tmp_path / "nope")]) == 2
+    assert f"[hf-qwen3-deepstack demo] error: {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="floating-point dtype of the written weights; auto keeps each tensor's stored dtype")
     parser.add_argument("--max-shard-size", default="5GB",
-                        help="largest output shard: 5GB, 500MB (10**3 units), 2GiB (2**10 units) or bytes")
+                        help="largest output shard: 5GB, 500MB (powers of 1000), 2GiB (powers of 1024) or bytes")
     parser.add_argument("--revision", default=None,
                         help="Hub revision of SRC: branch, tag or commit (default: the repo's main branch)")
     parser.add_argument("--base-model", default=None, metavar="ORG/NAME",
