@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # 1 encoder rank + 1 language rank on this machine (CPU: gloo; GPUs: NCCL, one GPU per rank).
-# Run from the repository root. Without --model the embedded tiny checkpoint is used.
+# Run from the repository root (examples/requests.jsonl names the sample images in examples/images/).
+# Without --model the embedded tiny checkpoint is used.
 set -euo pipefail
-. examples/_sample_images.sh
 torchrun --standalone --nproc-per-node 2 -m hf_qwen3_deepstack.launch \
     --encoders 1 --lms 1 \
     --requests examples/requests.jsonl --output results.jsonl "$@"

@@ -6,6 +6,10 @@ index lists; for a full Qwen3-VL-MoE checkpoint the encoder needs only the few s
 symlinks to the needed shards plus an index restricted to them, so neither half downloads, opens
 nor reads the other half's shards. Tensors of the other half inside a shared shard are still
 never read (safetensors is lazy).
+
+Loading never leaves a parameter at its random initial value: when the checkpoint has no tensor
+for one of the model's own parameters (transformers' `missing_keys`), `from_pretrained` raises
+`MissingWeightsError` naming them instead of returning a model that would generate garbage.
 """
 
 import json
@@ -20,6 +24,28 @@ from transformers.utils.hub import cached_file
 INDEX_FILE = "model.safetensors.index.json"
 SIDE_FILES = ("config.json", "generation_config.json")
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+class MissingWeightsError(ValueError):
+    """The checkpoint lacks tensors for some of the model's parameters."""
+
+
+def read_weight_map(index_file: str | os.PathLike) -> dict[str, str]:
+    """`weight_map` of a safetensors index, checked: tensor name -> plain shard file name."""
+    try:
+        index = json.loads(Path(index_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{index_file} is not a readable safetensors index: {e}") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_file} is not a valid safetensors index: expected an object with a "
+                         f"'weight_map' object (tensor name -> shard file), got {type(weight_map).__name__}")
+    for key, file in weight_map.items():
+        if not isinstance(file, str) or not file.endswith(".safetensors") or os.path.basename(file) != file:
+            raise ValueError(f"{index_file}: weight_map maps {key!r} to {file!r}; expected a shard file name "
+                             "like 'model-00001-of-00002.safetensors' in the same folder")
+    return weight_map
 
 
 @contextmanager
@@ -31,7 +57,7 @@ def own_shards_view(source: str | os.PathLike, wants_key: Callable[[str], bool],
     if index_file is None:
         yield None
         return
-    weight_map: dict[str, str] = json.loads(Path(index_file).read_text())["weight_map"]
+    weight_map = read_weight_map(index_file)
     needed = sorted({file for key, file in weight_map.items() if wants_key(key)})
     if len(needed) == len(set(weight_map.values())):
         yield None
@@ -68,10 +94,21 @@ class LoadsOwnShards:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        source = str(pretrained_model_name_or_path)
+        if source.startswith(LOCAL_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(source)):
+            raise FileNotFoundError(f"checkpoint folder {source} does not exist")
+        wants_info = kwargs.pop("output_loading_info", False)
         with own_shards_view(pretrained_model_name_or_path, cls.is_own_key, **kwargs) as view:
-            if view is None:
-                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            kwargs.pop("subfolder", None)
-            model = super().from_pretrained(view, *args, **kwargs)
-        model.config._name_or_path = str(pretrained_model_name_or_path)
-        return model
+            if view is not None:
+                kwargs.pop("subfolder", None)
+            model, info = super().from_pretrained(view or pretrained_model_name_or_path, *args,
+                                                  output_loading_info=True, **kwargs)
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise MissingWeightsError(
+                f"{source} has no tensor for {len(missing)} parameter(s) of {cls.__name__}: "
+                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. They would keep random values, "
+                "so loading stops here: check that the checkpoint is complete and is a checkpoint of this model."
+            )
+        model.config._name_or_path = source
+        return (model, info) if wants_info else model

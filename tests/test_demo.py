@@ -1,9 +1,12 @@
 """`hf-qwen3-deepstack demo` on a fresh cache: builds the tiny default, runs 1E+1L on CPU, prints
-readable results, and its token ids match transformers' monolithic generate."""
+readable results, says its weights are random, and prints how many answers are token-for-token
+transformers' monolithic generate (checked here against transformers independently); it removes
+its temporary folder."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +28,8 @@ def test_demo_fresh_cache(tmp_path):
     for rid in ("one-image", "two-images", "video", "text-only"):
         assert f"[{rid}] " in proc.stdout
     assert "4 ok, 0 errors" in proc.stdout and "tokens/s" in proc.stdout
+    assert "weights are random, so the text below is gibberish by design" in proc.stdout
+    assert "[hf-qwen3-deepstack demo] identical to transformers: 4/4\n" in proc.stdout
     assert elapsed < 120, elapsed
 
     results = {r["id"]: r for r in read_jsonl(workdir / "results.jsonl")}
@@ -44,3 +49,41 @@ def test_demo_fresh_cache(tmp_path):
                                                    return_dict=True, return_tensors="pt")
             out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
             assert results[r["id"]]["token_ids"] == out[0, inputs["input_ids"].shape[1]:].tolist(), r["id"]
+
+
+def test_demo_reports_differing_answers_and_removes_its_temporary_folder(tmp_path, monkeypatch, capsys):
+    """The parity line counts a differing answer (exit 1); the run's temporary folder is gone afterwards."""
+    import argparse
+
+    from hf_qwen3_deepstack import demo
+    from hf_qwen3_deepstack.runtime import cli as runtime_cli
+
+    monkeypatch.setenv("HF_QWEN3_DEEPSTACK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen = {}
+
+    def fake_launch(run_args):  # the runtime's answers: transformers' tokens, one of them altered
+        requests = [json.loads(line) for line in open(run_args.requests)]
+        tokens = demo.transformers_tokens(run_args.model, requests, run_args.max_new_tokens, run_args.dtype)
+        tokens["video"] = tokens["video"][:-1] + [tokens["video"][-1] + 1]
+        with open(run_args.output, "w") as out:
+            for rid, ids in tokens.items():
+                out.write(json.dumps({"id": rid, "token_ids": ids, "text": ""}) + "\n")
+        seen["workdir"] = os.path.dirname(run_args.requests)
+        return 0
+
+    monkeypatch.setattr(runtime_cli, "launch", fake_launch)
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    rc = demo.main(parser.parse_args(["--max-new-tokens", "4"]))
+    out = capsys.readouterr().out
+    assert rc == 1 and "[hf-qwen3-deepstack demo] identical to transformers: 3/4 (different: video)" in out
+    assert seen["workdir"].startswith(str(tmp_path / "tmp")) and os.listdir(tmp_path / "tmp") == []
+
+
+def test_demo_with_a_model_path_that_does_not_exist_says_so(tmp_path, capsys):
+    from hf_qwen3_deepstack import cli
+
+    assert cli.main(["demo", "--model", str(tmp_path / "nope")]) == 2
+    assert f"[hf-qwen3-deepstack demo] error: {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err

@@ -229,8 +229,12 @@ def test_local_folder_split_loads_offline_and_matches(reference, loaded):
         assert (repo / "generation_config.json").is_file() and (repo / "README.md").is_file()
     assert json.loads((enc_dir / "config.json").read_text())["model_type"] == "qwen3_vl_moe_encoder_only"
     assert json.loads((lm_dir / "config.json").read_text())["model_type"] == "qwen3_moe_deepstack"
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
-                 "video_preprocessor_config.json"):
+    video_config = json.loads((enc_dir / "video_preprocessor_config.json").read_text())
+    assert video_config.pop("auto_map") == {
+        "AutoVideoProcessor": "video_processing_qwen3_vl_pil.Qwen3VLVideoProcessorForRepo"}
+    assert video_config == json.loads((src / "video_preprocessor_config.json").read_text())
+    assert (enc_dir / "video_processing_qwen3_vl_pil.py").is_file()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"):
         if (src / name).exists():
             assert (enc_dir / name).read_bytes() == (src / name).read_bytes(), name
             if "preprocessor" not in name:

@@ -1,8 +1,7 @@
 """README.md (model card) of each output repo, rendered with huggingface_hub's ModelCard.
 
-Templates: `hf_qwen3_deepstack/hub/model_card_templates/{encoder,lm}.md` (shipped with the
-package). The top-level `model_cards/` folder of the source tree holds byte-identical copies
-for reviewers; `tests/test_split_model_card.py` keeps them in sync.
+Templates: `model_cards/{encoder,lm}.md` at the top of the source tree, the only copy; the wheel
+ships them as `hf_qwen3_deepstack/model_cards/` (see setup.py).
 """
 
 from __future__ import annotations
@@ -13,9 +12,13 @@ from typing import Literal
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..cli_values import format_size
 from ..families import FAMILIES, ModelFamily
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "model_card_templates"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# installed wheel: inside the package; source checkout (editable install): next to the package
+TEMPLATE_DIR = next((d for d in (_PACKAGE_DIR / "model_cards", _PACKAGE_DIR.parent / "model_cards") if d.is_dir()),
+                    _PACKAGE_DIR / "model_cards")
 Half = Literal["encoder", "lm"]
 
 PIPELINE_TAGS = {"encoder": "image-feature-extraction", "lm": "image-text-to-text"}
@@ -23,15 +26,15 @@ COMMON_TAGS = ["deepstack", "disaggregated-inference", "custom_code"]
 HALF_TAGS = {"encoder": ["vision-encoder"], "lm": []}
 
 EXPERT_LAYOUT_NOTE = """\
-Weights are sharded safetensors with an index (`model.safetensors.index.json`), keys identical
-to the source checkpoint's. Fused MoE expert tensors are stored in the layout of the Qwen3-VL-MoE
+Weights are {weight_files}, keys identical to the source
+checkpoint's. Fused MoE expert tensors are stored in the layout of the Qwen3-VL-MoE
 checkpoints published on the Hub: `mlp.experts.gate_up_proj` as **(E, H, 2I)** and
 `mlp.experts.down_proj` as **(E, I, H)** (E experts, H hidden size, I `moe_intermediate_size`).
 transformers 5 holds these tensors transposed in memory, (E, 2I, H) / (E, H, I); the remote code
 loads either layout, detecting it per tensor from the shapes."""
 DENSE_LAYOUT_NOTE = """\
-Weights are safetensors, keys identical to the source checkpoint's. The language model's MLP is
-dense (no experts), so every tensor keeps the source's shape."""
+Weights are {weight_files}, keys identical to the source checkpoint's. The language
+model's MLP is dense (no experts), so every tensor keeps the source's shape."""
 
 TORCHRUN_SNIPPET = '''\
 One encoder rank and one language rank with plain `torch.distributed`: NCCL and one GPU per rank
@@ -95,28 +98,27 @@ class CardInfo:
     half: Half
     repo_id: str  # this repo (the push target, or the output folder's name)
     other_repo_id: str  # the matching other half
-    base_model: str  # SRC: Hub id, or the local path when the source has no Hub identity
+    base_model: str | None  # Hub id of the source (or --base-model); None for a local source without one
     source_revision: str  # exact provenance, e.g. "Qwen/Qwen3-VL-30B-A3B-Instruct@<commit>"
     dtype: str
     num_tensors: int
     total_size: int
     model_type: str
     family: ModelFamily = FAMILIES["moe"]
+    num_shards: int = 1
     license: dict[str, str] = field(default_factory=dict)  # license / license_name / license_link
     details: dict = field(default_factory=dict)  # architecture numbers shown in the body
     tool_version: str = ""
 
 
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def _url(repo_id: str) -> str:
     return f"https://huggingface.co/{repo_id}" if "/" in repo_id and not repo_id.startswith(("/", ".")) else repo_id
+
+
+def _weight_files(num_shards: int) -> str:
+    if num_shards == 1:
+        return "one safetensors file (`model.safetensors`)"
+    return f"{num_shards} safetensors shards with an index (`model.safetensors.index.json`)"
 
 
 def template_path(half: Half) -> Path:
@@ -146,15 +148,16 @@ def render_card(info: CardInfo) -> ModelCard:
         other_repo_id=info.other_repo_id,
         other_repo_url=_url(info.other_repo_id),
         base_model=info.base_model,
-        base_model_url=_url(info.base_model),
+        base_model_link=f"[{info.base_model}]({_url(info.base_model)})" if info.base_model else "a local checkpoint",
         source_revision=info.source_revision,
         dtype=info.dtype,
         num_tensors=info.num_tensors,
-        total_size_human=human_size(info.total_size),
+        total_size_human=format_size(info.total_size),
         model_type=info.model_type,
         tool_version=info.tool_version or __version__,
         torchrun_snippet=TORCHRUN_SNIPPET.format(encoder_repo_id=encoder_id, lm_repo_id=lm_id),
-        expert_layout_note=EXPERT_LAYOUT_NOTE if info.family.has_experts else DENSE_LAYOUT_NOTE,
+        expert_layout_note=(EXPERT_LAYOUT_NOTE if info.family.has_experts else DENSE_LAYOUT_NOTE).format(
+            weight_files=_weight_files(info.num_shards)),
         family_name=info.family.display_name,
         monolithic_class=info.family.monolithic_path.rsplit(".", 1)[-1],
         **info.details,

@@ -9,6 +9,7 @@ imports that would not survive that (absolute imports of this package, `from . i
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,31 @@ REMOTE_CODE: dict[str, dict[str, RemoteCode]] = {
     "moe": {"encoder": ENCODER_CODE, "lm": LM_CODE},
     "dense": {"encoder": DENSE_ENCODER_CODE, "lm": DENSE_LM_CODE},
 }
+
+
+@dataclass(frozen=True)
+class VideoProcessorCode:
+    """The encoder repo's video processor as remote code: transformers' Qwen3-VL video processor
+    needs torchvision, `tiny_checkpoint/video.py` is the same pipeline in torch + PIL (and picks
+    transformers' own class when torchvision is installed)."""
+
+    source: Path = PACKAGE_DIR / "tiny_checkpoint" / "video.py"
+    file_name: str = "video_processing_qwen3_vl_pil.py"
+    config_name: str = "video_preprocessor_config.json"
+    auto_map: tuple[tuple[str, str], ...] = (
+        ("AutoVideoProcessor", "video_processing_qwen3_vl_pil.Qwen3VLVideoProcessorForRepo"),)
+
+    def add_to(self, folder: Path) -> None:
+        """Copy the code into `folder` and name it in the folder's video processor config."""
+        config_file = folder / self.config_name
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["auto_map"] = {**config.get("auto_map", {}), **dict(self.auto_map)}
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        code_closure([self.source])  # it must travel alone
+        shutil.copyfile(self.source, folder / self.file_name)
+
+
+VIDEO_PROCESSOR_CODE = VideoProcessorCode()
 
 
 def _relative_imports(file: Path) -> list[str]:

@@ -69,7 +69,7 @@ def read_header(file: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     """Parse and validate a safetensors header without reading any tensor data.
 
     Raises `SafetensorsError` for a missing file, a truncated file (data shorter than the header
-    says), overlapping/holed offsets or an unknown dtype.
+    says), a malformed entry (dtype, shape, offsets) or overlapping/holed offsets.
     """
     file = Path(file)
     if not file.is_file():
@@ -91,16 +91,13 @@ def read_header(file: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     if not isinstance(header, dict):
         raise SafetensorsError(f"{file} is not a valid safetensors file: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{file} is not a valid safetensors file: __metadata__ must map strings to strings")
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     spans = []
     for name, entry in header.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except KeyError as e:
-            raise SafetensorsError(f"{file}: tensor {name!r} has an unsupported or missing header field ({e})") from e
+        dtype, shape, (begin, end) = _header_entry(file, name, entry)
         expected = math.prod(shape) * element_size(dtype)
         if end - begin != expected or begin < 0:
             raise SafetensorsError(f"{file}: tensor {name!r} has offsets {begin}..{end} but needs {expected} bytes")
@@ -122,6 +119,29 @@ def read_header(file: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     return infos, metadata
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_entry(file: Path, name: str, entry) -> tuple[torch.dtype, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, data offsets) of one header entry, each checked for type and range."""
+    def bad(what: str) -> SafetensorsError:
+        return SafetensorsError(f"{file} is not a valid safetensors file: tensor {name!r} {what}")
+
+    if not isinstance(entry, dict):
+        raise bad(f"has header entry {entry!r}; expected an object with dtype, shape and data_offsets")
+    dtype = entry.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad(f"has dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"has shape {shape!r}; expected a list of non-negative integers")
+    offsets = entry.get("data_offsets")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise bad(f"has data_offsets {offsets!r}; expected [begin, end], two non-negative integers")
+    return DTYPES[dtype], tuple(shape), (offsets[0], offsets[1])
+
+
 def _read_exact(f: BinaryIO, n: int, file: Path) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
@@ -140,7 +160,6 @@ def iter_tensor_chunks(
     *,
     transpose_12: bool = False,
     dtype: torch.dtype | None = None,
-    chunk_bytes: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the tensor in contiguous row chunks along dim 0 (each already transposed/cast).
 
@@ -149,7 +168,6 @@ def iter_tensor_chunks(
     """
     shape = info.shape
     out_dtype = dtype or info.dtype
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
     if len(shape) == 0 or shape[0] == 0 or math.prod(shape) == 0:
         f.seek(info.begin)
         buf = _read_exact(f, info.nbytes, info.file)
@@ -157,7 +175,7 @@ def iter_tensor_chunks(
         yield t.to(out_dtype)
         return
     row_bytes = info.nbytes // shape[0]
-    rows = max(1, chunk_bytes // max(1, row_bytes))
+    rows = max(1, CHUNK_BYTES // max(1, row_bytes))
     f.seek(info.begin)
     for start in range(0, shape[0], rows):
         n = min(rows, shape[0] - start)
@@ -203,7 +221,6 @@ def write_shard(
     *,
     metadata: dict[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
-    chunk_bytes: int | None = None,
 ) -> int:
     """Stream `tensors` from their source files into one safetensors file; returns bytes written."""
     open_files: dict[Path, BinaryIO] = {}
@@ -220,8 +237,7 @@ def write_shard(
                     open_files.clear()
                     src = open_files[t.source.file] = open(t.source.file, "rb")
                 n = 0
-                for chunk in iter_tensor_chunks(t.source, src, transpose_12=t.transpose_12, dtype=t.dtype,
-                                                chunk_bytes=chunk_bytes):
+                for chunk in iter_tensor_chunks(t.source, src, transpose_12=t.transpose_12, dtype=t.dtype):
                     data = chunk.reshape(-1).view(torch.uint8).numpy()
                     out.write(data)
                     n += data.nbytes

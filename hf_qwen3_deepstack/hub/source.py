@@ -1,4 +1,8 @@
-"""Resolve SRC (a local checkpoint folder or a Hub repo id) to a local folder + provenance."""
+"""Where a checkpoint named on the command line (a local folder or a Hub repo id) is, decided fast.
+
+`locate_checkpoint` answers within seconds, also without Hub access; `resolve_source` (used by
+`split`) then gives a local folder plus exact provenance for the model cards.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +27,62 @@ SOURCE_ALLOW_PATTERNS = [
 METADATA_ALLOW_PATTERNS = [p for p in SOURCE_ALLOW_PATTERNS if p != "*.safetensors"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+HUB_PROBE_TIMEOUT_S = 10.0  # one request, no retries: an unreachable Hub is reported at once
 _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
 
 
 class SourceError(ValueError):
     """SRC cannot be resolved or is not a usable checkpoint."""
+
+
+def is_hub_id(spec: str) -> bool:
+    """ORG/NAME (or NAME) as the Hub spells repo ids; paths ('./x', '/x', '~/x') are not."""
+    return not spec.startswith((".", "/", "~")) and bool(_REPO_ID.match(spec))
+
+
+def locate_checkpoint(spec: str, *, revision: str | None = None, token: str | bool | None = None,
+                      probe_timeout: float = HUB_PROBE_TIMEOUT_S) -> str:
+    """Where `spec` (a local folder or a Hub repo id) can be loaded from, decided within seconds.
+
+    An existing local folder is returned as is. A Hub id is returned as is when the Hub knows it
+    (one request), or as its folder in the local Hugging Face cache when the Hub cannot be
+    reached. Raises `SourceError` saying what is wrong: a path that does not exist, a repo the
+    Hub does not have, or a repo that is not cached while the Hub is unreachable (and how to use
+    a local folder instead).
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SourceError(f"{spec} is a file; expected a checkpoint folder or a Hub repo id (ORG/NAME)")
+        return spec
+    if not is_hub_id(spec):
+        raise SourceError(f"{spec}: no such folder (and not a Hub repo id, which looks like ORG/NAME)")
+
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(spec, revision=revision, token=token, timeout=probe_timeout)
+        return spec
+    except GatedRepoError as e:
+        raise SourceError(f"{spec} is a gated Hub repo: accept its terms on the Hub and log in (`hf auth login`): {e}") from e
+    except RepositoryNotFoundError as e:
+        raise SourceError(f"{spec}: no such folder, and the Hub has no model repo {spec} "
+                          "(if it is private, log in with `hf auth login`)") from e
+    except RevisionNotFoundError as e:
+        raise SourceError(f"{spec}: the Hub repo has no revision {revision!r}") from e
+    except OfflineModeIsEnabled:
+        reason = "HF_HUB_OFFLINE is set"
+    except Exception as e:  # noqa: BLE001 - no network, DNS, proxy, timeout, server error: the Hub is unreachable
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}"
+    try:
+        return snapshot_download(spec, revision=revision, local_files_only=True, token=token)
+    except Exception as e:  # noqa: BLE001 - not (fully) in the cache
+        raise SourceError(
+            f"{spec} looks like a Hub repo id, but the Hub ({constants.ENDPOINT}) is unreachable ({reason}) and "
+            f"{spec} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}). Download it where the Hub "
+            f"is reachable (`hf download {spec} --local-dir DIR`) and pass the local folder DIR instead."
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -37,10 +92,6 @@ class ResolvedSource:
     repo_id: str | None  # Hub id, when known (Hub id given, or a folder inside the Hub cache)
     revision: str | None  # exact commit hash (Hub), git HEAD, or None
     fingerprint: str  # sha256 of config.json + the weight index / shard headers: identifies local copies
-
-    @property
-    def base_model(self) -> str:
-        return self.repo_id or self.spec
 
     @property
     def revision_label(self) -> str:
@@ -97,16 +148,14 @@ def resolve_source(
     metadata_only: bool = False,
     token: str | bool | None = None,
 ) -> ResolvedSource:
-    """A local folder is used as is; anything else is a Hub repo id resolved by `snapshot_download`
-    (the local cache first, honouring `HF_HUB_OFFLINE`/`HF_HOME`; a download when online).
+    """A local folder is used as is; a Hub repo id is downloaded by `snapshot_download` (files
+    already in the cache are reused), or taken from the cache while the Hub is unreachable.
 
     `metadata_only` fetches everything but the weight shards (for `--dry-run`).
     """
     spec = str(src)
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise SourceError(f"SRC {spec!r} is a file; expected a checkpoint folder or a Hub repo id")
+    path = Path(locate_checkpoint(spec, revision=revision, token=token)).expanduser()
+    if path.is_dir():  # a local folder, or the cached copy of a Hub repo while the Hub is unreachable
         path = path.resolve()
         m = _SNAPSHOT.search(path.as_posix())
         if m:  # a folder inside the Hub cache: keep the exact provenance
@@ -114,8 +163,6 @@ def resolve_source(
         else:
             repo_id, rev = None, _git_head(path)
         return ResolvedSource(spec, path, repo_id, rev, fingerprint(path))
-    if spec.startswith((".", "/", "~")) or not _REPO_ID.match(spec):
-        raise SourceError(f"SRC {spec!r}: no such folder, and not a Hub repo id (ORG/NAME)")
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -128,10 +175,7 @@ def resolve_source(
             token=token,
         )
     except LocalEntryNotFoundError as e:
-        raise SourceError(
-            f"SRC {spec!r} is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"(offline mode or no network): {e}"
-        ) from e
+        raise SourceError(f"SRC {spec!r} could not be downloaded from the Hub: {e}") from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise SourceError(f"SRC {spec!r}: {e}") from e
     folder = Path(folder)

@@ -6,9 +6,11 @@ the DeepStack LM. The family comes from the source's `model_type` (`qwen3_vl_moe
 
 Streaming: tensors are copied chunk by chunk from the source shards to the output shards
 (`safetensors_io`), so peak memory is a few 4 MiB chunks whatever the checkpoint size. Every
-check that can fail (config, missing or truncated shards, key coverage, shapes, output folders)
-runs before anything is written; the repos are written into temporary sibling folders and
-renamed into place at the very end, so a failed or interrupted split leaves no output behind.
+check that can fail (config, missing, truncated or malformed shards, key coverage, shapes, output
+folders) runs before anything is written. The repos are written into temporary sibling folders
+and renamed into place at the very end, with SIGINT/SIGTERM held over those renames: after a
+failure or a SIGINT/SIGTERM at any point the output paths hold either the old folders (or none)
+or both new repos, never a mix, and no temporary folder is left.
 
 Output keys: encoder repo `model.visual.*`; language repo `model.language_model.*` and
 `lm_head.weight` (omitted when the source ties embeddings and has none). Fused experts (MoE) are
@@ -21,10 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import sys
-import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +33,14 @@ from typing import Literal
 
 import torch
 
+from ..checkpoint_view import read_weight_map
+from ..cli_values import format_size, parse_dtype, parse_size
 from ..families import FAMILIES, ModelFamily
-from .model_card import CardInfo, human_size, render_card
-from .remote_code import REMOTE_CODE, RemoteCode, RemoteCodeError, copy_code
+from .interruption import Interrupted, signals_held, signals_raise_interrupted
+from .model_card import CardInfo, render_card
+from .remote_code import REMOTE_CODE, VIDEO_PROCESSOR_CODE, RemoteCode, RemoteCodeError, copy_code
 from .safetensors_io import PlannedTensor, SafetensorsError, TensorInfo, read_header, write_shard
-from .source import ResolvedSource, SourceError, read_source_card_license, resolve_source
+from .source import ResolvedSource, SourceError, is_hub_id, read_json, read_source_card_license, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,6 @@ EXTRA_FILES: dict[str, tuple[str, ...]] = {
     "encoder": PROCESSOR_FILES + TOKENIZER_FILES + LICENSE_FILES,
     "lm": TOKENIZER_FILES + LICENSE_FILES,
 }
-DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 
 
 class SplitError(ValueError):
@@ -64,38 +67,7 @@ class SplitError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# sizes, dtypes, layouts
-
-
-def parse_size(size: str | int) -> int:
-    """'5GB' -> 5_000_000_000, '2GiB' -> 2*2**30, '500KB', '40MB', or a plain byte count."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*", str(size), flags=re.IGNORECASE)
-    if not m:
-        raise SplitError(f"invalid size {size!r}; use e.g. 5GB, 500MB, 2GiB or a byte count")
-    unit = (m[2] or "").upper().rstrip("B")
-    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-    value = int(float(m[1]) * scale)
-    if value <= 0:
-        raise SplitError(f"size must be positive, got {size!r}")
-    return value
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """None for 'auto' (keep each tensor's stored dtype)."""
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = str(dtype).removeprefix("torch.")
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    name = aliases.get(name, name)
-    if name not in DTYPE_CHOICES[1:]:
-        raise SplitError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
-    return getattr(torch, name)
+# layouts
 
 
 def expert_transpose_needed(key: str, shape: tuple[int, ...], hidden: int, inter: int, num_experts: int,
@@ -129,6 +101,7 @@ class RepoPlan:
     half: Half
     out: Path
     repo_id: str  # push target or folder name, used in the cards
+    other_repo_id: str  # the same for the other half
     code: RemoteCode
     config: object  # PreTrainedConfig of the half
     family: ModelFamily = FAMILIES["moe"]
@@ -137,6 +110,10 @@ class RepoPlan:
     dtype_name: str = "auto"
     transposed: int = 0  # fused expert tensors converted to the Hub layout
     sizes_known: bool = True
+
+    @property
+    def ships_video_processor(self) -> bool:
+        return any(p.name == VIDEO_PROCESSOR_CODE.config_name for p in self.extra_files)
 
     @property
     def tensors(self) -> list[PlannedTensor]:
@@ -158,6 +135,8 @@ class RepoPlan:
             names.append("model.safetensors.index.json")
         names += [p.name for p in self.code.files()]
         names += [p.name for p in self.extra_files]
+        if self.ships_video_processor:
+            names.append(VIDEO_PROCESSOR_CODE.file_name)
         return sorted(set(names))
 
 
@@ -168,6 +147,7 @@ class SplitResult:
     lm: RepoPlan
     dry_run: bool
     skipped_keys: list[str] = field(default_factory=list)
+    base_model: str | None = None  # Hub id of the source, for the cards' metadata; None: unknown
 
     def describe(self) -> str:
         verb = "would write" if self.dry_run else "wrote"
@@ -176,7 +156,7 @@ class SplitResult:
             lines.append(f"  ignored {len(self.skipped_keys)} tensors that belong to neither half "
                          f"(e.g. {self.skipped_keys[0]})")
         for plan in (self.encoder, self.lm):
-            size = human_size(plan.total_size) if plan.sizes_known else "size known after download"
+            size = format_size(plan.total_size) if plan.sizes_known else "size known after download"
             experts = ""
             if plan.family.has_experts:
                 experts = f", {plan.transposed} expert tensors transposed to the Hub layout"
@@ -202,9 +182,9 @@ def _weight_files(path: Path, allow_missing: bool) -> tuple[list[Path], dict[str
     index_file = path / "model.safetensors.index.json"
     if index_file.is_file():
         try:
-            weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SplitError(f"{index_file} is not a valid safetensors index: {e}") from e
+            weight_map = read_weight_map(index_file)
+        except ValueError as e:
+            raise SplitError(str(e)) from e
         names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing and not allow_missing:
@@ -231,9 +211,11 @@ def _load_vl_config(path: Path) -> tuple[ModelFamily, object, dict]:
     if not cfg_file.is_file():
         raise SplitError(f"{path} has no config.json; SRC must be {_EXPECTED_SRC}")
     try:
-        raw = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as e:
-        raise SplitError(f"cannot read {cfg_file}: {e}") from e
+        raw = read_json(cfg_file)
+    except SourceError as e:
+        raise SplitError(str(e)) from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("text_config", {}), dict):
+        raise SplitError(f"{cfg_file} is not a Qwen3-VL config: expected a JSON object with a text_config object")
     model_type = raw.get("model_type")
     family = next((f for f in FAMILIES.values() if f.vl_model_type == model_type), None)
     if family is None:
@@ -276,8 +258,14 @@ def plan_split(
     allow_missing_shards: bool = False,
 ) -> SplitResult:
     """Validate everything and decide what goes where; reads headers only, writes nothing."""
-    out_dtype = parse_dtype(dtype)
-    shard_limit = parse_size(max_shard_size)
+    try:
+        out_dtype = parse_dtype(dtype)
+    except ValueError as e:
+        raise SplitError(f"--dtype: {e}") from e
+    try:
+        shard_limit = parse_size(max_shard_size)
+    except ValueError as e:
+        raise SplitError(f"--max-shard-size: {e}") from e
     path = source.path
     if encoder_out.resolve() == lm_out.resolve():
         raise SplitError("--encoder-out and --lm-out must be different folders")
@@ -339,12 +327,11 @@ def plan_split(
             code.files()  # fail now, not after copying gigabytes, when remote code is missing/broken
         except RemoteCodeError as e:
             raise SplitError(str(e)) from e
-        plan = RepoPlan(half, out, _repo_id(out, given_id), code, cfg, family, sizes_known=sizes_known)
-        plan.other_repo_id = _repo_id(other_out, other_id)  # type: ignore[attr-defined]
+        plan = RepoPlan(half, out, _repo_id(out, given_id), _repo_id(other_out, other_id), code, cfg, family,
+                        sizes_known=sizes_known)
         keys = sorted((k for k in names if k in expected and k.startswith(prefix)))
         if not sizes_known:
             plan.shards = [[]]
-            plan.keys_from_index = keys  # type: ignore[attr-defined]
         else:
             planned = []
             for key in sorted(keys, key=lambda k: (file_order[infos[k].file], infos[k].begin)):
@@ -372,6 +359,13 @@ def plan_split(
             plan.dtype_name = str(raw_cfg.get("dtype") or raw_cfg.get("torch_dtype") or
                                   raw_cfg.get("text_config", {}).get("dtype") or "bfloat16")
         plan.extra_files = [path / n for n in EXTRA_FILES[half] if (path / n).is_file()]
+        if plan.ships_video_processor:
+            video_config = path / VIDEO_PROCESSOR_CODE.config_name
+            try:
+                if not isinstance(read_json(video_config), dict):
+                    raise SourceError(f"{video_config} is not a JSON object")
+            except SourceError as e:
+                raise SplitError(str(e)) from e
         plans[half] = plan
     return SplitResult(source, plans["encoder"], plans["lm"], dry_run=False, skipped_keys=skipped)
 
@@ -413,6 +407,8 @@ def _write_repo(plan: RepoPlan, tmp: Path, result: SplitResult, card_license: di
     copy_code(plan.code, tmp)
     for file in plan.extra_files:
         shutil.copyfile(file, tmp / file.name)
+    if plan.ships_video_processor:
+        VIDEO_PROCESSOR_CODE.add_to(tmp)
     gen = source / "generation_config.json"
     if gen.is_file():
         shutil.copyfile(gen, tmp / "generation_config.json")
@@ -450,14 +446,15 @@ def _card_info(plan: RepoPlan, result: SplitResult, license_: dict) -> CardInfo:
     return CardInfo(
         half=plan.half,
         repo_id=plan.repo_id,
-        other_repo_id=plan.other_repo_id,  # type: ignore[attr-defined]
-        base_model=result.source.base_model,
+        other_repo_id=plan.other_repo_id,
+        base_model=result.base_model,
         source_revision=result.source.revision_label,
         dtype=plan.dtype_name,
         num_tensors=len(plan.tensors),
         total_size=plan.total_size,
         model_type=cfg.model_type,
         family=plan.family,
+        num_shards=len(plan.shards),
         license=license_,
         details=details,
     )
@@ -468,6 +465,11 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _sibling(final: Path, tag: str) -> Path:
+    """A new hidden name next to `final`."""
+    return final.with_name(f".{final.name}.{tag}-{uuid.uuid4().hex[:12]}")
 
 
 def split_checkpoint(
@@ -483,15 +485,22 @@ def split_checkpoint(
     revision: str | None = None,
     encoder_repo_id: str | None = None,
     lm_repo_id: str | None = None,
+    base_model: str | None = None,
     token: str | bool | None = None,
 ) -> SplitResult:
     """Split SRC (local folder or Hub id) into an encoder repo and a language-model repo.
 
     `encoder_repo_id` / `lm_repo_id` (the push targets, if any) only name the halves in the
-    model cards; they default to the output folder names. Raises `SplitError` (a ValueError)
-    with a clear message before anything is written when the split cannot succeed.
+    model cards; they default to the output folder names. `base_model` (a Hub id) is written as
+    the cards' `base_model`; without it SRC's Hub id is, when known (a Hub id, or a folder in the
+    Hub cache), and none for another local folder.
+    Raises `SplitError` (a ValueError) with a clear message before anything is written when the
+    split cannot succeed, and `Interrupted` (a KeyboardInterrupt) on SIGINT/SIGTERM, with
+    `.outputs` saying whether the output paths hold the old folders or the new repos.
     """
     encoder_out, lm_out = Path(encoder_out).expanduser(), Path(lm_out).expanduser()
+    if base_model is not None and not is_hub_id(base_model):
+        raise SplitError(f"--base-model {base_model!r} is not a Hub repo id (ORG/NAME)")
     try:
         source = resolve_source(src, revision=revision, metadata_only=dry_run, token=token)
     except SourceError as e:
@@ -501,55 +510,75 @@ def split_checkpoint(
         encoder_repo_id=encoder_repo_id, lm_repo_id=lm_repo_id, allow_missing_shards=dry_run,
     )
     result.dry_run = dry_run
+    result.base_model = base_model or source.repo_id
     if dry_run:
         return result
+    with signals_raise_interrupted():
+        try:
+            _write_and_move(result, progress)
+        except Interrupted as e:
+            e.outputs = e.outputs or "old"  # a signal before writing began
+            raise
+    return result
 
-    card_license = read_source_card_license(source.path)
-    total = result.encoder.total_size + result.lm.total_size
+
+def _write_and_move(result: SplitResult, progress: bool) -> None:
+    """Write both repos into hidden sibling folders, then swap them in for the outputs together."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="split", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    plans = (result.encoder, result.lm)
     created_parents: list[Path] = []
     temps: dict[str, Path] = {}
-    placed: list[tuple[Path, Path | None]] = []  # (final, backup of what it replaced)
+    placed: list[tuple[Path, Path | None]] = []  # (output, backup of the folder it replaced)
+    committed = False
+    bar = None
     try:
-        for plan in (result.encoder, result.lm):
+        card_license = read_source_card_license(result.source.path)
+        bar = tqdm(total=sum(plan.total_size for plan in plans), unit="B", unit_scale=True, unit_divisor=1024,
+                   desc="split", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for plan in plans:
             parent = plan.out.resolve().parent
             missing_parents = [p for p in [parent, *parent.parents] if not p.exists()]
             parent.mkdir(parents=True, exist_ok=True)
             created_parents.extend(reversed(missing_parents))
-            temps[plan.half] = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.split-", dir=parent))
-        for plan in (result.encoder, result.lm):
+            temps[plan.half] = _sibling(plan.out.resolve(), "split")
+            temps[plan.half].mkdir()  # the umask's permissions, like any new folder (mkdtemp's are 0700)
+        for plan in plans:
             bar.set_description(f"split {plan.half}")
             _write_repo(plan, temps[plan.half], result, card_license, bar.update)
         bar.close()
-        # all written: move into place (replacing existing folders only now, with --overwrite)
-        for plan in (result.encoder, result.lm):
-            final = plan.out.resolve()
-            backup = None
-            if final.exists():
-                backup = final.with_name(f".{final.name}.split-old-{os.getpid()}")
-                _remove(backup)
-                final.rename(backup)
-            placed.append((final, backup))
-            temps[plan.half].rename(final)
-            del temps[plan.half]
+        with signals_held():  # both outputs change together: no signal lands between these renames
+            for plan in plans:
+                final = plan.out.resolve()
+                backup = _sibling(final, "split-old") if final.exists() else None
+                if backup is not None:
+                    final.rename(backup)
+                placed.append((final, backup))
+                temps[plan.half].rename(final)
+                del temps[plan.half]
+            committed = True
         for _, backup in placed:
             if backup is not None:
                 _remove(backup)
-        return result
-    except BaseException:
-        bar.close()
+    except BaseException as e:
+        if bar is not None:
+            bar.close()
         for tmp in temps.values():
             _remove(tmp)
-        for final, backup in reversed(placed):  # roll back a half-finished move
-            _remove(final)
-            if backup is not None and backup.exists():
-                backup.rename(final)
-        for parent in reversed(created_parents):
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
+        if committed:  # interrupted while dropping the old folders: finish that
+            for _, backup in placed:
+                if backup is not None:
+                    _remove(backup)
+        else:
+            for final, backup in reversed(placed):  # a rename failed half-way: put the old folders back
+                _remove(final)
+                if backup is not None:
+                    backup.rename(final)
+            for parent in reversed(created_parents):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    pass
+        if isinstance(e, Interrupted):
+            e.outputs = "new" if committed else "old"
         raise

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,8 +36,14 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_qwen3_deepstack"
 
 
+def _new_temp_dir(parent: Path, prefix: str) -> Path:
+    """An empty folder with the umask's permissions (mkdtemp's are 0700)."""
+    path = parent / f"{prefix}{uuid.uuid4().hex}"
+    path.mkdir()
+    return path
+
+
 def _build_into(tmp: Path, seed: int, model_kwargs: dict) -> None:
-    tmp.chmod(0o755)  # mkdtemp makes it 0700
     write_tiny_vl_checkpoint(tmp, seed, **model_kwargs)
     write_tiny_processor(tmp)  # also writes generation_config.json (overriding the model's)
     (tmp / COMPLETE_MARKER).write_text(f"{CACHE_VERSION} seed={seed}\n")
@@ -54,7 +59,7 @@ def write_tiny_checkpoint(path: str | Path, seed: int = 0, **model_kwargs) -> Pa
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = _new_temp_dir(path.parent, f".{path.name}.tmp-")
     try:
         _build_into(tmp, seed, model_kwargs)
         if path.exists():
@@ -77,7 +82,7 @@ def default_tiny_checkpoint(seed: int = 0) -> Path:
     if (path / COMPLETE_MARKER).exists():
         return path
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=root))
+    tmp = _new_temp_dir(root, f".{path.name}.tmp-")
     try:
         _build_into(tmp, seed, {})
         try:

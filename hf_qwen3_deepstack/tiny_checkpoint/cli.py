@@ -9,13 +9,14 @@ from . import FAMILIES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="directory to write (replaced if it exists)")
     parser.add_argument("--family", choices=FAMILIES, default="moe",
-                        help="moe: Qwen3-VL-MoE; dense: Qwen3-VL (default: moe)")
-    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+                        help="moe: Qwen3-VL-MoE; dense: Qwen3-VL")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     parser.add_argument("--expert-layout", choices=("hub", "transformers"), default="hub",
-                        help="fused expert layout on disk, MoE only (default: hub, as published checkpoints)")
-    parser.add_argument("--max-shard-size", default=None, help="e.g. 200KB to write several shards")
+                        help="fused expert layout on disk, MoE only: hub as published checkpoints, or transformers 5's")
+    parser.add_argument("--max-shard-size", default=None,
+                        help="e.g. 200KB to write several shards (default: transformers' default, one shard here)")
     parser.add_argument("--sample-images", metavar="IMAGES_DIR", default=None,
-                        help="also write deterministic sample images / video frames there")
+                        help="also write deterministic sample images / video frames there (default: none)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -243,10 +243,26 @@ class Qwen3VLVideoProcessorPil(VideoProcessorMixin):
         return grid_t * (h // patch_size) * (w // patch_size)
 
 
+# ProcessorMixin type-checks a video processor against `transformers.VideoProcessorMixin`, which the
+# top-level module does not export without torchvision. Done on import, so that this file also
+# works as the processor remote code of a split encoder repo. (Imported here, after
+# `transformers.processing_utils`, whose import replaces the `transformers` module object.)
+import transformers  # noqa: E402
+
+if not hasattr(transformers, "VideoProcessorMixin"):
+    setattr(transformers, "VideoProcessorMixin", VideoProcessorMixin)
+
 # Registered under the upstream class name so configs saved with
 # "video_processor_type": "Qwen3VLVideoProcessor" resolve to it when torchvision is missing.
 Qwen3VLVideoProcessorFallback = type("Qwen3VLVideoProcessor", (Qwen3VLVideoProcessorPil,),
                                      {"__module__": __name__, "__qualname__": "Qwen3VLVideoProcessor"})
+
+# What a split encoder repo's `auto_map` names (this file ships there as processor remote code):
+# transformers' own class when torchvision is installed, this torch + PIL one otherwise.
+if is_torchvision_available():
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as Qwen3VLVideoProcessorForRepo
+else:
+    Qwen3VLVideoProcessorForRepo = Qwen3VLVideoProcessorPil
 
 _INSTALLED = False
 
@@ -269,12 +285,6 @@ def install(force: bool = False) -> bool:
             exist_ok=True,
         )
     del AutoVideoProcessor
-    # ProcessorMixin type-checks sub-processors against `transformers.VideoProcessorMixin`, which
-    # the top-level module does not export without torchvision.
-    import transformers
-
-    if not hasattr(transformers, "VideoProcessorMixin"):
-        setattr(transformers, "VideoProcessorMixin", VideoProcessorMixin)
     _INSTALLED = True
     return True
 

@@ -1,0 +1,79 @@
+"""What the command-line tools share: the log-line prefix, size and dtype parsing, the help format.
+
+Imports nothing heavy at module level (the `hf-qwen3-deepstack` dispatcher imports it for
+`--help`); torch is imported only when a dtype is parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+LOG_PREFIX = "[hf-qwen3-deepstack]"
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+_SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+               "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def log_prefix(tool: str = "") -> str:
+    """`[hf-qwen3-deepstack]`, or `[hf-qwen3-deepstack demo]` for one tool's lines."""
+    return f"[hf-qwen3-deepstack {tool}]" if tool else LOG_PREFIX
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes from '5GB' (10**9 units, as transformers' max_shard_size), '2GiB' (2**30 units),
+    '500KB', '40M', '1.5GB' or a plain byte count. Raises ValueError saying what is accepted."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*((?:[KMGT]I?)?)B?\s*", str(size), flags=re.IGNORECASE)
+        if not m:
+            raise ValueError(f"invalid size {size!r}; use e.g. 5GB, 500MB, 2GiB or a byte count")
+        value = int(float(m[1]) * _SIZE_UNITS[m[2].upper()])
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return value
+
+
+def format_size(n: int) -> str:
+    """'812 B', '1.50 MB', '61.07 GB' (10**3 units)."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{n} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{value:.2f} TB"
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """torch dtype from 'float32' / 'bfloat16' / 'float16' (or fp32, bf16, fp16, half, torch.X);
+    None for 'auto' (the caller's default). Raises ValueError listing the choices."""
+    import torch
+
+    if name is None or name == "auto":
+        return None
+    if isinstance(name, torch.dtype):
+        name = str(name)
+    key = str(name).removeprefix("torch.")
+    key = DTYPE_ALIASES.get(key, key)
+    if key not in DTYPE_CHOICES[1:]:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    return getattr(torch, key)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Descriptions printed as written; every optional option's help ends with its default, unless
+    the help already states it in words ('default: ...'), as it must for a default of None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if "default" in help_text.lower() or action.required or action.default is None:
+            return help_text
+        return super()._get_help_string(action)
