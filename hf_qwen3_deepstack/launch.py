@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-PREFIX = "[hf-qwen3-deepstack]"
+from hf_qwen3_deepstack.cli_values import LOG_PREFIX as PREFIX  # noqa: E402
 _STATE = {"who": "rank ?"}
 
 
@@ -178,6 +178,11 @@ def run_rank(opts, serve=None) -> int:
                 model = resolve_model(None)
         else:
             model = opts.model
+        if roles.is_lm_leader or roles.rank == 0:  # a bad path or an unreachable Hub: say so, in seconds
+            from hf_qwen3_deepstack.hub.source import locate_checkpoint
+
+            for spec in {s for s in (opts.model, opts.encoder_model, opts.lm_model) if s}:
+                locate_checkpoint(spec)
         encoder_model, lm_model = opts.encoder_model or model, opts.lm_model or model
         ctx = Context(opts, roles, groups, encoder_model if roles.is_encoder else lm_model, device,
                       resolve_dtype(opts.dtype, device), lm_model, serve)

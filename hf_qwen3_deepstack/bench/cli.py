@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from hf_qwen3_deepstack.cli_values import HelpFormatter
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "transfer": ("hf_qwen3_deepstack.bench.transfer", "EncoderOutput send/recv vs raw dist.send, 64 KB..64 MB"),
     "serve": ("hf_qwen3_deepstack.bench.serve", "throughput and latency of the runtime vs transformers, batched"),
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
     argv = sys.argv[1:] if argv is None else argv
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         p.set_defaults(_bench_module=module)
         if name == "transfer" or name in argv:  # import other benchmarks only when asked for
             try:

@@ -24,7 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-PREFIX = "[bench online]"
+from hf_qwen3_deepstack.cli_values import log_prefix
+
+PREFIX = log_prefix("bench online")
 # `transformers serve` needs torchvision for Qwen3-VL's video processor; without it (CPU hosts)
 # the package's PIL video processor stands in, as it does for our own ranks.
 _TRANSFORMERS_SERVE = (
@@ -34,13 +36,12 @@ _TRANSFORMERS_SERVE = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--model", default=None, help="checkpoint (default: the embedded tiny model)")
     parser.add_argument("--rates", default="1,2,4,8,16", help="request rates to offer, requests/s, comma-separated")
     parser.add_argument("--requests-per-rate", type=int, default=48, help="requests sent at each rate")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per request")
     parser.add_argument("--servers", default="ours,transformers", help="which servers: ours, transformers")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file (default: none)")
     parser.add_argument("--plot", default=None, help="also draw TTFT p99 against the rate into this PNG")
 
 

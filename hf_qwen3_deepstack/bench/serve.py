@@ -23,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-PREFIX = "[bench serve]"
+from hf_qwen3_deepstack.cli_values import log_prefix
+
+PREFIX = log_prefix("bench serve")
 MODES = {
     "a": "(a) transformers, one request at a time",
     "b": "(b) transformers, batched B per generate",
@@ -34,7 +36,6 @@ MODES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--model", default=None, help="checkpoint (default: the embedded tiny model)")
     parser.add_argument("--num-requests", type=int, default=48, help="requests in the mixed workload")
     parser.add_argument("--batch", type=int, default=8, help="B: requests per generate call in (b)")
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads of (a) and (b) (0: every core available); ours use --threads 0, the "
                              "cores divided among the ranks")
     parser.add_argument("--workdir", default=None, help="where the workload and results go (default: a temp dir)")
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file (default: none)")
     parser.add_argument("--plot", default=None, help="also draw throughput and TTFT per mode into this PNG")
 
 

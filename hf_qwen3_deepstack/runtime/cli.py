@@ -11,7 +11,7 @@ import uuid
 
 from .options import RuntimeOptions, add_runtime_arguments, needs_default_model
 
-PREFIX = "[hf-qwen3-deepstack]"
+from hf_qwen3_deepstack.cli_values import LOG_PREFIX as PREFIX
 # `python -m hf_qwen3_deepstack.launch`, except that Ctrl-C during the (slow) imports ends the rank
 # quietly instead of printing a KeyboardInterrupt traceback per rank. Once running, the rank
 # installs its own handlers (launch._install_signal_watcher).
@@ -43,6 +43,16 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
     if serve is None and (args.requests is None or not os.path.isfile(args.requests)):
         print(f"{PREFIX} requests file not found: {args.requests}", file=sys.stderr)
         return 2
+    from hf_qwen3_deepstack.hub.source import SourceError, locate_checkpoint
+
+    for flag in ("model", "encoder_model", "lm_model"):  # a bad path or an unreachable Hub fails here, in seconds
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                setattr(args, flag, locate_checkpoint(value))
+            except SourceError as e:
+                print(f"{PREFIX} --{flag.replace('_', '-')}: {e}", file=sys.stderr)
+                return 2
     if needs_default_model(args):
         args.model = resolve_model(None)  # build the tiny default once, before the ranks start
     nproc = args.encoders + args.lms

@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from hf_qwen3_deepstack.cli_values import LOG_PREFIX
+
 from . import faults, messages
 from .batching import ContinuousBatch, Sequence
 from .channel import Arrival, Inbox
@@ -360,7 +362,7 @@ def _run_file(ctx, replica: LeaderReplica) -> None:
     summary = writer.summary(replica.rank_stats, ctx.roles)
     missing = [r.id for r in sink.requests if r.id not in writer.ids]
     if missing:  # cannot happen when every rank finishes; say so loudly if it does
-        print(f"[hf-qwen3-deepstack] ERROR: no result for {len(missing)} request(s): {missing[:10]}", file=sys.stderr)
+        print(f"{LOG_PREFIX} ERROR: no result for {len(missing)} request(s): {missing[:10]}", file=sys.stderr)
     # without --output the result lines own stdout (`run ... > results.jsonl`): summary to stderr
     print(format_summary(summary), file=sys.stderr if writer.json_stream else sys.stdout, flush=True)
     if ctx.options.summary_json:

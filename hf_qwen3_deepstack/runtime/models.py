@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown --dtype {name!r}; use auto, float32, bfloat16 or float16") from None
+    """--dtype: auto is bfloat16 on CUDA and float32 on CPU."""
+    from hf_qwen3_deepstack.cli_values import parse_dtype
+
+    return parse_dtype(name) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 def resolve_device() -> torch.device:
@@ -92,47 +84,7 @@ def load_monolithic(model: str, dtype: torch.dtype, device: torch.device):
 
 
 def build_prompt(processor, messages):
-    """Exactly the prompt of the issue: the checkpoint's chat template, generation prompt on."""
+    """The checkpoint's chat template applied to `messages`, generation prompt on (as transformers does)."""
     return processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-
-
-class _FirstTokenTimer:
-    """A generate() streamer that only records when the first new token arrives (= end of prefill)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.first_token_at: float | None = None
-
-    def put(self, value) -> None:
-        self.calls += 1
-        if self.calls == 2 and self.first_token_at is None:  # call 1 is the prompt
-            self.first_token_at = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-
-@torch.inference_mode()
-def generate(lm, enc_out, max_new_tokens: int, **generate_kwargs):
-    """Greedy generation; returns (new token ids, prefill_s, decode_s)."""
-    timer = _FirstTokenTimer()
-    inputs = enc_out.lm_inputs()
-    start = time.perf_counter()
-    with torch.inference_mode():  # lighter than generate's own no_grad (measured: ~4% on the tiny model)
-        out = lm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=timer, **generate_kwargs)
-    _sync(enc_out.input_ids.device)
-    end = time.perf_counter()
-    new = out[0, enc_out.seq_len:].tolist()
-    first = timer.first_token_at or end
-    return new, first - start, end - first
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def local_path(p: str) -> bool:
-    return Path(p).exists()

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import IO, Any
 
+from hf_qwen3_deepstack.cli_values import LOG_PREFIX
+
 TIMING_KEYS = ("encode_s", "transfer_s", "prefill_s", "decode_s")
 LATENCY_KEYS = ("queue_s", "ttft_s", "latency_s")
 
@@ -60,7 +62,7 @@ class ResultWriter:
 
     def _write(self, result: dict[str, Any]) -> None:
         if result["id"] in self.ids:  # cannot happen by construction; never write an id twice
-            print(f"[hf-qwen3-deepstack] warning: duplicate result for id {result['id']!r} ignored", file=sys.stderr)
+            print(f"{LOG_PREFIX} warning: duplicate result for id {result['id']!r} ignored", file=sys.stderr)
             return
         self.ids.add(result["id"])
         self.results.append(result)

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any
 
+from hf_qwen3_deepstack.cli_values import LOG_PREFIX
+
 from .app import ApiSettings, build_app, media_policy
 from .gateway import Gateway
 from .metrics import Metrics
@@ -54,7 +56,7 @@ class HttpSink:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 self.ctx.die(f"the HTTP server could not start on {serve.host}:{serve.port} (is the port in use?)")
             time.sleep(0.05)
-        print(f"[hf-qwen3-deepstack] serving {settings.model_name} at http://{serve.host}:{serve.port}/v1 "
+        print(f"{LOG_PREFIX} serving {settings.model_name} at http://{serve.host}:{serve.port}/v1 "
               f"(OpenAI chat completions; /health, /metrics)", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
