@@ -30,7 +30,7 @@ def staggered(tiny_checkpoint_dir, sample_images, tmp_path_factory):
         _msg({"type": "video", "video": [str(f) for f in frames]}, {"type": "text", "text": "What happens?"}),
         _msg({"type": "text", "text": "Tell me about routers and switches."}),
     ]
-    rows = [{"id": f"r{i}", "messages": kinds[i % 4], "max_new_tokens": [30, 12, 22, 6][i % 4] + i}
+    rows = [{"id": f"r{i}", "messages": kinds[i % 4], "max_new_tokens": [48, 30, 40, 24][i % 4] + i}
             for i in range(8)]
     processor = load_processor(tiny_checkpoint_dir)
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(tiny_checkpoint_dir, dtype=torch.float32).eval()
@@ -48,8 +48,9 @@ def staggered(tiny_checkpoint_dir, sample_images, tmp_path_factory):
 def test_requests_joining_a_running_batch_keep_monolithic_tokens(tiny_checkpoint_dir, staggered, tmp_path, e, l):
     req_file, expected = staggered
     env = runtime_env()
-    # each encoder sends one request per vision call, 0.1 s apart: arrivals are staggered while others decode
-    env["HF_QWEN3_DEEPSTACK_FAULT"] = ",".join(f"delay:{rank}:0.1" for rank in range(e))
+    # each encoder sends one request per vision call, 0.04 s apart: arrivals are staggered while the
+    # others decode (24-55 new tokens each, at several ms per step)
+    env["HF_QWEN3_DEEPSTACK_FAULT"] = ",".join(f"delay:{rank}:0.04" for rank in range(e))
     summary_file = tmp_path / "summary.json"
     proc = run_runtime("run", e, l, tiny_checkpoint_dir, req_file, tmp_path / "out.jsonl", "--encoder-batch-requests",
                        "1", "--summary-json", str(summary_file), env=env)

@@ -84,7 +84,9 @@ def test_rank_killed_mid_run_stops_every_rank(tiny_checkpoint_dir, sample_images
     elapsed = time.monotonic() - t0
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
     assert "rank 0 (encoder 0) failed with signal SIGKILL" in proc.stderr, proc.stderr[-3000:]
-    assert "rank 1 (language 0 (leader)): stopping on SIGTERM" in proc.stderr, proc.stderr[-3000:]
+    # the language rank either saw the dead peer itself (FATAL naming it) or was stopped by the launcher
+    assert ("rank 1 (language 0 (leader)): stopping on SIGTERM" in proc.stderr
+            or "rank 1 (language 0 (leader)): FATAL: receiving from rank 0 failed" in proc.stderr), proc.stderr[-3000:]
     assert elapsed < 120  # far below --timeout 120 + load time: the agent stopped the waiting rank
     # what was finished before the failure is on disk, each id at most once
     ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]

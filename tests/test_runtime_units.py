@@ -94,7 +94,7 @@ def _request(index, new_tokens):
 def test_dispatch_sends_work_to_the_replica_with_the_most_free_capacity():
     sent, written = [], []
     d = Dispatcher([0, 1], [2, 3], DispatchLimits(encoder_slots=2, lm_slots=4),
-                   lambda msg, dst: sent.append((msg["kind"], msg["index"], dst)), written.append)
+                   lambda msg, dst: sent.append((msg["kind"], msg["index"], dst)), lambda req, line: written.append(line))
     for i, n in enumerate([40, 2, 2, 2, 2, 2, 2]):
         d.submit(_request(i, n))
     d.dispatch()
@@ -107,7 +107,7 @@ def test_dispatch_sends_work_to_the_replica_with_the_most_free_capacity():
     d.dispatch()
     assert ("assign", 4, 0) in sent and ("expect", 4, 3) in sent
     d.on_failed(1, 1, "image file not found: x.png")  # an error result, and the replica forgets it
-    assert written == [{"id": "r1", "error": "image file not found: x.png"}] and ("drop", 1, 3) in sent
+    assert written == [{"id": "r1", "error": "image file not found: x.png", "status": 400}] and ("drop", 1, 3) in sent
     with pytest.raises(RuntimeError, match="not assigned"):
         d.on_encoded(1, [{"index": 0, "encode_s": 0.1, "sent_at": 0.0}])
     assert d.queue_depth == 2 and d.in_flight == 4
@@ -116,7 +116,7 @@ def test_dispatch_sends_work_to_the_replica_with_the_most_free_capacity():
 def test_serial_dispatch_holds_one_request_in_the_system():
     sent = []
     d = Dispatcher([0], [1, 2], DispatchLimits(encoder_slots=8, lm_slots=8, serial=True),
-                   lambda msg, dst: sent.append((msg["kind"], msg["index"], dst)), lambda r: None)
+                   lambda msg, dst: sent.append((msg["kind"], msg["index"], dst)), lambda req, line: None)
     for i in range(3):
         d.submit(_request(i, 3))
     d.dispatch()
@@ -203,7 +203,8 @@ def test_every_runtime_option_has_help_showing_its_default():
 
 def test_a_result_that_overtakes_the_encoders_report_is_written_once_the_report_arrives():
     written = []
-    d = Dispatcher([0], [1], DispatchLimits(encoder_slots=2, lm_slots=2), lambda msg, dst: None, written.append)
+    d = Dispatcher([0], [1], DispatchLimits(encoder_slots=2, lm_slots=2), lambda msg, dst: None,
+                   lambda req, line: written.append(line))
     d.submit(_request(0, 3), arrival=100.0)
     d.dispatch()
     d.on_result(1, {"index": 0, "text": "x", "token_ids": [1], "timings": {"prefill_s": 0.1, "decode_s": 0.0},
