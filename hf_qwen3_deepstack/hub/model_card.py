@@ -1,7 +1,7 @@
 """README.md (model card) of each output repo, rendered with huggingface_hub's ModelCard.
 
 Templates: `model_cards/{encoder,lm}.md` at the top of the source tree, the only copy; the wheel
-ships them as `hf_qwen3_deepstack/model_cards/` (see setup.py).
+ships them as `hf_qwen3_deepstack/model_cards/` (see pyproject.toml).
 """
 
 from __future__ import annotations

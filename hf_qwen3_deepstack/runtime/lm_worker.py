@@ -271,11 +271,13 @@ class LeaderReplica(LanguageReplica):
     def serve_until(self, finished) -> None:
         """Schedule until `finished()`, then stop every other rank and collect their statistics."""
         roles = self.ctx.roles
-        while not finished():
-            self.take_events(block=self.idle and not self.dispatcher.queue_depth)
+        while True:
             self.dispatcher.dispatch()
             self.round()
             self.sink.beat(self)
+            if finished():
+                break
+            self.take_events(block=self.idle)  # queued requests wait for an event (a free slot) anyway
         for rank in range(roles.world_size):
             if rank != roles.rank:
                 messages.send({"kind": "stop"}, rank, self.ctx.groups.ctrl)
