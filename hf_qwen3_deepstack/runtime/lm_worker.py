@@ -274,6 +274,7 @@ class LeaderReplica(LanguageReplica):
         while True:
             self.dispatcher.dispatch()
             self.round()
+            self.dispatcher.dispatch()  # into the slots this round's results freed
             self.sink.beat(self)
             if finished():
                 break
