@@ -270,7 +270,7 @@ class EncoderOutputReceiver:
             else:
                 act.rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
                 if self._staging is None:
-                    itemsize = max(4, CODE_DTYPES[h.embed_dtype].itemsize) if self.dtype is None else self.dtype.itemsize
+                    itemsize = self.dtype.itemsize if self.dtype else max(4, CODE_DTYPES[h.embed_dtype].itemsize)
                     rows = self.capacity_tokens * (1 + h.num_deepstack_levels) * h.hidden_size * itemsize
                     self._staging = torch.empty(self._staging_ints + rows + SLACK, dtype=torch.uint8,
                                                 device=self.device)
@@ -343,65 +343,70 @@ class EncoderOutputReceiver:
         first = h if act is None else act.first
         rid, o, rows_acked = (h.request_id, 0, 0) if act is None else (act.request_id, act.acked, act.rows_acked)
 
-        def need(field: str, ok: bool, allowed: object) -> None:
+        def need(field: str, ok: bool, allowed: object) -> None:  # `allowed`: text, or a function making it
             if not ok:
+                allowed = allowed() if callable(allowed) else allowed
                 value = getattr(h, field)
                 if field in ("embed_dtype", "mask_dtype"):
                     value = f"{value} ({CODE_DTYPES.get(value, 'no dtype')})"
                 raise mismatch(rid, field, value, allowed, o)
 
-        need("kind", h.kind == KIND_CHUNK, f"{KIND_CHUNK} (a chunk)")
+        need("kind", h.kind == KIND_CHUNK, "1 (a chunk)")
         if act is None:
             b, s, t, n, k, hid = (h.batch_size, h.seq_len, h.total_tokens, h.num_visual, h.num_deepstack_levels,
                                   h.hidden_size)
             need("request_id", 0 <= rid <= MAX_ID, f"0..{MAX_ID}")
             need("flags", h.flags & ~(FLAG_FIRST | FLAG_LAST | FLAG_CUDA) == 0 and h.first,
-                 f"FIRST ({FLAG_FIRST}) + LAST ({FLAG_LAST}) + CUDA ({FLAG_CUDA}), FIRST set")
+                 "FIRST (1) + LAST (2) + CUDA (4), FIRST set")
             data = "cuda" if h.flags & FLAG_CUDA else "cpu"
-            need("flags", data == self.device.type, f"data on {self.device.type}, this receiver's device (the "
+            need("flags", data == self.device.type, lambda: f"data on {self.device.type}, this receiver's device (the "
                  f"header says data on {data}: give the receiver a device= of the sender's data device type)")
-            need("capacity", h.capacity == self.capacity_tokens, f"{self.capacity_tokens}, this receiver's capacity")
-            need("batch_size", 1 <= b <= self.max_batch_size, f"1..{self.max_batch_size} (max_batch_size)")
-            need("seq_len", 1 <= s <= self.max_tokens, f"1..{self.max_tokens} (max_tokens)")
+            need("capacity", h.capacity == self.capacity_tokens,
+                 lambda: f"{self.capacity_tokens}, this receiver's capacity")
+            need("batch_size", 1 <= b <= self.max_batch_size, lambda: f"1..{self.max_batch_size} (max_batch_size)")
+            need("seq_len", 1 <= s <= self.max_tokens, lambda: f"1..{self.max_tokens} (max_tokens)")
             need("total_tokens", t == b * s and t <= self.max_tokens,
-                 f"batch_size x seq_len = {b * s}, at most {self.max_tokens} (max_tokens)")
-            need("num_visual", 0 <= n <= t, f"0..{t} (total_tokens)")
+                 lambda: f"batch_size x seq_len = {b * s}, at most {self.max_tokens} (max_tokens)")
+            need("num_visual", 0 <= n <= t, lambda: f"0..{t} (total_tokens)")
             want_k, want_h = self.num_deepstack_levels, self.hidden_size
             need("num_deepstack_levels", 0 <= k <= MAX_LEVELS and want_k in (None, k),
-                 f"0..{MAX_LEVELS}" + (f", and {want_k} on this receiver" if want_k is not None else ""))
+                 lambda: f"0..{MAX_LEVELS}" + (f", and {want_k} on this receiver" if want_k is not None else ""))
             need("hidden_size", 1 <= hid <= MAX_HIDDEN and want_h in (None, hid),
-                 f"1..{MAX_HIDDEN}" + (f", and {want_h} on this receiver" if want_h is not None else ""))
+                 lambda: f"1..{MAX_HIDDEN}" + (f", and {want_h} on this receiver" if want_h is not None else ""))
             need("embed_dtype", h.embed_dtype in _EMBED_CODES and self.dtype in (None, _EMBED_CODES[h.embed_dtype]),
-                 f"{self.dtype} on this receiver" if self.dtype else f"an embedding dtype code {sorted(_EMBED_CODES)}")
+                 lambda: f"{self.dtype} on this receiver" if self.dtype else f"an embedding dtype code "
+                 f"{sorted(_EMBED_CODES)}")
             need("mask_dtype", h.mask_dtype == NONE_ID or h.mask_dtype in _MASK_CODES,
-                 f"{NONE_ID} (no mask) or a mask dtype code {sorted(_MASK_CODES)}")
+                 lambda: f"{NONE_ID} (no mask) or a mask dtype code {sorted(_MASK_CODES)}")
             for name in ("image_token_id", "video_token_id"):
                 need(name, getattr(h, name) == NONE_ID or 0 <= getattr(h, name) <= MAX_ID, f"{NONE_ID} or 0..{MAX_ID}")
             need("num_visual", n == 0 or h.image_token_id != NONE_ID or h.video_token_id != NONE_ID,
                  "0 without an image or video token id")
             need("num_visual", n * row_nbytes(h) <= self.max_request_bytes,
-                 f"0..{self.max_request_bytes // row_nbytes(h)} rows of {row_nbytes(h)} bytes (max_request_bytes)")
+                 lambda: f"0..{self.max_request_bytes // row_nbytes(h)} rows of {row_nbytes(h)} bytes "
+                 "(max_request_bytes)")
         else:
             need("request_id", h.request_id == rid, rid)
             for name in _SAME_AS_FIRST:
-                need(name, getattr(h, name) == getattr(first, name), f"{getattr(first, name)} as in the first chunk")
-            need("flags", h.flags & ~(FLAG_LAST | FLAG_CUDA) == 0 and (h.flags & FLAG_CUDA) == (first.flags & FLAG_CUDA),
-                 f"LAST ({FLAG_LAST}) + CUDA as in the first chunk")
+                need(name, getattr(h, name) == getattr(first, name),
+                     lambda: f"{getattr(first, name)} as in the first chunk")
+            need("flags", h.flags & ~FLAG_LAST == first.flags & ~(FLAG_FIRST | FLAG_LAST),
+                 "LAST (2) + CUDA as in the first chunk")
         count = min(self.capacity_tokens, first.total_tokens - o)
-        need("token_offset", h.token_offset == o, f"{o} (tokens acknowledged)")
+        need("token_offset", h.token_offset == o, lambda: f"{o} (tokens acknowledged)")
         need("token_count", h.token_count == count, count)
-        need("flags", h.last == (o + count == first.total_tokens), f"LAST set exactly on the last chunk")
-        need("row_offset", h.row_offset == rows_acked, f"{rows_acked} (rows received before)")
+        need("flags", h.last == (o + count == first.total_tokens), "LAST set exactly on the last chunk")
+        need("row_offset", h.row_offset == rows_acked, lambda: f"{rows_acked} (rows received before)")
         left = first.num_visual - rows_acked
         need("row_count", (0 <= h.row_count <= min(count, left)) and (h.row_count == left or not h.last),
-             f"{left} (the last chunk carries the rest of num_visual={first.num_visual})" if h.last
+             lambda: f"{left} (the last chunk carries the rest of num_visual={first.num_visual})" if h.last
              else f"0..{min(count, left)}")
         need("int_bytes", h.int_bytes == 8 * int_numel(h), 8 * int_numel(h))
         need("embed_bytes", h.embed_bytes == h.row_count * row_nbytes(h), h.row_count * row_nbytes(h))
         need("rows_tail", 0 <= h.rows_tail <= 255, "0..255")
         if mode == "stream" and self._staging is not None:
             room = self._staging.numel() - self._staging_ints - SLACK
-            need("embed_dtype", h.embed_bytes <= room, f"a dtype whose chunk fits the {room}-byte staging rows")
+            need("embed_dtype", h.embed_bytes <= room, lambda: f"a dtype whose chunk fits the {room}-byte staging rows")
 
     def _check_length(self, ch: _Channel, h: ChunkHeader, rid: int, offset: int) -> None:
         """The header message ends with TRAILER where its header says, and the fill after it is intact."""

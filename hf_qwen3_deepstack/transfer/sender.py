@@ -65,7 +65,7 @@ class _Request:
     ready: torch.cuda.Event | None = None  # CUDA: the caller's stream wrote the request
     capacity: int = 0  # chunk size, from the PULL(NEXT) that described it
     header_bytes: int = 0  # the largest header message the receiver accepts
-    described: int = -1  # offset of the chunk whose header was sent last
+    described: ChunkHeader | None = None  # the chunk whose header was sent last
 
 
 @dataclass
@@ -256,10 +256,10 @@ class EncoderOutputSender:
         req, o = self._current, ctrl.offset
         if req is None or req.request_id != ctrl.request_id:
             return self._send_error(ctrl, ERR_UNKNOWN_REQUEST)
-        if o != req.described or ctrl.capacity != req.capacity:
+        h = req.described
+        if o != h.token_offset or ctrl.capacity != req.capacity:
             return self._send_error(ctrl, ERR_BAD_OFFSET)
         req.handle.acked_offset = o
-        h = req.plan.header(req.request_id, o, req.capacity)
         if self.on_chunk is not None:
             self.on_chunk(req.request_id, o, h.token_count)
         rows = req.plan.rows_message(h)
@@ -278,7 +278,7 @@ class EncoderOutputSender:
     def _send_header(self, req: _Request, offset: int) -> None:
         h = req.plan.header(req.request_id, offset, req.capacity)
         msg = req.plan.header_message(h, req.header_bytes)
-        req.described = offset
+        req.described = h
         self._post([msg], self.header_tag)
         self._count_header(req.request_id)
         self._count(req.request_id, msg.numel() - _HEADER_NBYTES, payload=True)
