@@ -26,13 +26,14 @@ def test_bench_transfer_reports_every_table_and_exact_wire_bytes(tmp_path):
     assert len(figures) == 3 and all(int(f) > 0 for f in figures), latency
     assert "Floor of a resumable receiver" in latency
     # one 1024-token image (S = 1124, K = 3, bf16): data = 1124 tokens x 5 int64 + 1 rope delta + 1024 x 4 x H x 2;
-    # plus a 256-byte header per chunk and the sender's goodbye, and 128 bytes per control message:
-    # the describe (answered with every chunk header at once), a pull per chunk (chunks of several MB
-    # are sent when pulled, not pushed), the final acknowledgement
+    # plus a header message's header words and trailer per chunk and for the sender's goodbye, and a
+    # control message each for the first PULL(NEXT), every chunk's PULL and the final ACK
+    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS, HEADER_BYTES
+
     for hidden in (2048, 4096):
         data = 1124 * 5 * 8 + 8 + 1024 * 4 * hidden * 2
         seeds = 1124 * 4 * hidden * 2
         for cap, chunks in ((1124, 1), (512, 3)):
-            ours = data + 256 * (chunks + 1) + 128 * (chunks + 2)
+            ours = data + (HEADER_BYTES + 8) * (chunks + 1) + 8 * CONTROL_WORDS * (chunks + 2)
             row = f"| {cap} | {ours:,} | {data:,} | {seeds:,} | {ours / seeds:.3f} |"
             assert any(line.endswith(row) for line in lines), (row, table)

@@ -25,28 +25,26 @@ def _fake_sender(rank, corrupt):
 
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, HeaderMismatch
     from hf_qwen3_deepstack.transfer.chunking import SendPlan
-    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS, FLAG_CUDA, FLAG_INTS, FLAG_PACKED
+    from hf_qwen3_deepstack.transfer.protocol import CONTROL_WORDS, FLAG_CUDA, Control
 
     if rank == 0:
         ctrl = torch.empty(CONTROL_WORDS, dtype=torch.int64)
         dist.recv(ctrl, src=1, tag=CTRL_TAG)
+        pull = Control.parse(ctrl.tolist())
         plan = SendPlan.build(random_output(0, 1, 10, 2))
-        h = plan.header(5, 0, 0, capacity=int(ctrl[5]))
+        h = plan.header(5, 0, capacity=pull.capacity)
         if corrupt == "token_offset":
             h.token_offset = 3
-            words = h.to_tensor()
-        elif corrupt == "flags":  # int section with the header and packed data: never both
-            h.flags |= FLAG_INTS | FLAG_PACKED
-            words = h.to_tensor()
+        elif corrupt == "flags":  # a flag that does not exist
+            h.flags |= 1 << 10
         elif corrupt == "cuda_data":  # a CUDA sender's header, to a CPU receiver
             h.flags |= FLAG_CUDA
-            words = h.to_tensor()
-        else:
-            words = h.to_tensor()
-            words[{"magic": 0, "version": 1}[corrupt]] += 1
-        dist.send(words, dst=1, tag=HEADER_TAG)  # a describe answer: no data follows it unasked
+        msg = plan.header_message(h, pull.header_bytes)
+        if corrupt in ("magic", "version"):
+            msg.view(torch.int64)[{"magic": 0, "version": 1}[corrupt]] += 1
+        dist.send(msg, dst=1, tag=HEADER_TAG)  # an answer to PULL(NEXT): no rows follow it unasked
         return None
-    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, push=False)  # (it sends no data unasked)
+    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=10)
     try:
         rx.recv()
     except HeaderMismatch as e:
@@ -66,28 +64,27 @@ def test_wrong_header_names_request_and_field(corrupt):
 
 
 def _refusing_sender(rank):
-    """Rank 0 describes request 5, then refuses the pull of its data (as a sender that lost it would;
-    a receiver that asks for whole requests pushed sends no such pull)."""
+    """Rank 0 describes request 5, then refuses the pull of its rows (as a sender that lost it would)."""
     import torch.distributed as dist
 
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, TransferError
     from hf_qwen3_deepstack.transfer.chunking import SendPlan
     from hf_qwen3_deepstack.transfer.protocol import (
-        CONTROL_WORDS, ERR_UNKNOWN_REQUEST, KIND_ERROR, ChunkHeader, Control)
+        CONTROL_WORDS, ERR_UNKNOWN_REQUEST, KIND_ERROR, ChunkHeader, Control, header_message)
 
     if rank == 0:
         ctrl = torch.empty(CONTROL_WORDS, dtype=torch.int64)
         dist.recv(ctrl, src=1, tag=CTRL_TAG)  # "describe the next request"
+        first = Control.parse(ctrl.tolist())
         plan = SendPlan.build(random_output(0, 1, 10, 2))
-        dist.send(plan.header(5, 0, 0, capacity=Control.from_tensor(ctrl).capacity).to_tensor(), dst=1, tag=HEADER_TAG)
-        dist.recv(ctrl, src=1, tag=CTRL_TAG)  # the pull of its data
-        pull = Control.from_tensor(ctrl)
+        dist.send(plan.header_message(plan.header(5, 0, first.capacity), first.header_bytes), dst=1, tag=HEADER_TAG)
+        dist.recv(ctrl, src=1, tag=CTRL_TAG)  # the pull of its rows
+        pull = Control.parse(ctrl.tolist())
         refusal = ChunkHeader(kind=KIND_ERROR, request_id=pull.request_id, token_offset=pull.offset,
                               error_code=ERR_UNKNOWN_REQUEST)
-        dist.send(refusal.to_tensor(), dst=1, tag=HEADER_TAG)
+        dist.send(header_message(refusal), dst=1, tag=HEADER_TAG)
         return pull.request_id, pull.offset
-    return _timed_recv_error(EncoderOutputReceiver(0, capacity_tokens=16, timeout=10, inline_bytes=0, push=False),
-                             TransferError, "field")
+    return _timed_recv_error(EncoderOutputReceiver(0, capacity_tokens=16, timeout=10), TransferError, "field")
 
 
 def test_refused_data_pull_raises_at_once_naming_request_and_reason():
@@ -251,12 +248,47 @@ def test_a_group_without_a_cpu_backend_is_a_clear_error_at_construction():
         assert m is not None and "has no CPU backend" in m and "backend='cpu:gloo,cuda:nccl'" in m, messages
 
 
-@pytest.mark.parametrize("device,inline_bytes", [("cuda", 1024), ("cpu", -1)])
-def test_an_inline_allowance_a_cuda_receiver_cannot_honour_is_a_clear_error_at_construction(device, inline_bytes):
-    """Headers arrive in host memory (over the group's CPU backend): a CUDA receiver cannot take
-    data after a header, since its data must land on the device. Raised before any process group
-    or device is touched."""
-    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver
+def _bad_second_header(rank):
+    """Rank 0's plan reports a wrong `row_offset` in chunk 1 of request 3 (its rows are still the
+    right size): the receiver rejects request 3 mid-way; request 4 must then arrive intact."""
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender, HeaderMismatch
 
-    with pytest.raises(ValueError, match=f"inline_bytes={inline_bytes} on device {device}"):
-        EncoderOutputReceiver(0, capacity_tokens=16, device=device, inline_bytes=inline_bytes)
+    bad, good = random_output(3, 1, 64, 40, hidden=32), random_output(4, 2, 30, 25, hidden=32)
+    if rank == 0:
+        from hf_qwen3_deepstack.transfer import chunking
+
+        header = chunking.SendPlan.header
+
+        def wrong_row_offset(self, request_id, offset, capacity):
+            h = header(self, request_id, offset, capacity)
+            if request_id == 3 and offset == 16:
+                h.row_offset += 1
+            return h
+
+        chunking.SendPlan.header = wrong_row_offset
+        tx = EncoderOutputSender(1, timeout=20)
+        try:
+            tx.send(3, bad)
+            raise AssertionError("the sender was not told about the rejection")
+        except HeaderMismatch as e:
+            err = (e.request_id, e.field)
+        tx.send(4, good)
+        tx.close()
+        return err
+    rx = EncoderOutputReceiver(0, capacity_tokens=16, timeout=20)
+    try:
+        rx.recv()
+        raise AssertionError("no HeaderMismatch")
+    except HeaderMismatch as e:
+        err = (e.request_id, e.field, e.args[0])
+    rid, got = rx.recv()
+    assert rid == 4
+    assert_same(got, good)
+    rx.close()
+    return err
+
+
+def test_a_chunk_rejected_mid_request_leaves_the_channel_in_step():
+    sender_err, (rid, field, msg) = run_ranks(_bad_second_header, timeout=90)
+    assert sender_err == (3, "row_offset")
+    assert (rid, field) == (3, "row_offset") and "token offset 16" in msg

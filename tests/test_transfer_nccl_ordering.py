@@ -8,8 +8,7 @@ tags, on gloo: one message at a time in posting order, all on one tag, each wait
 next is posted (gloo sends only into a posted receive, so a send waits for its receive as on
 NCCL). Like NCCL without eager initialization, the first of these messages on each side blocks
 its caller until the peer's first one (NCCL creates the pair's communicator then, exchanging its
-id through the store). Tested like CUDA receivers run: no inline data, a pull sent before the data
-receives are posted; every chunk pulled (the default) or pushed (`push=True`).
+id through the store). Tested like CUDA receivers run: a pull sent before its rows receive is posted.
 """
 
 from __future__ import annotations
@@ -100,10 +99,10 @@ def _use_ordered_lane(tags: tuple[int, ...]) -> None:
     sender_module.PeerLink = receiver_module.PeerLink = _ordered_lane(tags)
 
 
-def _receiver(peers, push=False, **kw):
+def _receiver(peers, **kw):
     from hf_qwen3_deepstack.transfer import EncoderOutputReceiver
 
-    rx = EncoderOutputReceiver(peers, capacity_tokens=CAP, inline_bytes=0, push=push, **kw)
+    rx = EncoderOutputReceiver(peers, capacity_tokens=CAP, **kw)
     rx._ask_first = True  # as a CUDA receiver does
     return rx
 
@@ -117,7 +116,7 @@ def _requests(rank):
             for i, shape in enumerate(SHAPES)]
 
 
-def _many_requests_from_two_senders(rank, push):
+def _many_requests_from_two_senders(rank):
     _use_ordered_lane(DATA)
     from hf_qwen3_deepstack.transfer import EncoderOutputSender
 
@@ -127,8 +126,8 @@ def _many_requests_from_two_senders(rank, push):
         for h in handles:
             h.wait()
         tx.close()
-        return tx.stats.payload_bytes_resent
-    rx = _receiver([1, 2], push, timeout=30)
+        return tx.stats.payload_bytes_sent == sum(out.nbytes() for _, out in _requests(rank))
+    rx = _receiver([1, 2], timeout=30)
     want = {rid: out for r in (1, 2) for rid, out in _requests(r)}
     order = {1: [], 2: []}
     for _ in range(len(want)):
@@ -139,17 +138,15 @@ def _many_requests_from_two_senders(rank, push):
     return order
 
 
-@pytest.mark.parametrize("push", [False, True], ids=["pulled", "pushed"])
-def test_requests_arrive_bit_exact_when_data_runs_in_posting_order(push):
-    """Two senders, several isends in flight each, every chunk pulled (CUDA's default) or pushed,
-    data messages on a lane with NCCL's rules: all arrive bit-identical, in order per sender,
-    nothing sent twice."""
-    order, resent1, resent2 = run_ranks(_many_requests_from_two_senders, world_size=3, args=(push,), timeout=120)
+def test_requests_arrive_bit_exact_when_data_runs_in_posting_order():
+    """Two senders, several isends in flight each, rows messages on a lane with NCCL's rules: all
+    arrive bit-identical, in order per sender, nothing sent twice."""
+    order, exact1, exact2 = run_ranks(_many_requests_from_two_senders, world_size=3, timeout=120)
     assert order == {1: [100 + i for i in range(len(SHAPES))], 2: [200 + i for i in range(len(SHAPES))]}
-    assert resent1 == resent2 == 0
+    assert exact1 and exact2
 
 
-def _resumes(rank, push):
+def _resumes(rank):
     _use_ordered_lane(DATA)
     from hf_qwen3_deepstack.transfer import EncoderOutputSender, TransferTimeout
 
@@ -166,8 +163,8 @@ def _resumes(rank, push):
         tx.send(1, want)
         tx.send(2, want)
         tx.close()
-        return sent, tx.stats.payload_bytes_resent
-    rx = _receiver(0, push, timeout=30)
+        return sent, tx.stats.payload_bytes_sent == 2 * want.nbytes()
+    rx = _receiver(0, timeout=30)
     kept = []
     try:
         for chunk in rx.recv_chunks():
@@ -176,7 +173,7 @@ def _resumes(rank, push):
             kept.append(chunk.visual_embeds.clone())
     except ValueError:
         pass
-    kept += [c.visual_embeds.clone() for c in rx.resume(1)]  # chunk 2 again: pulled, or from staging
+    kept += [c.visual_embeds.clone() for c in rx.resume(1)]  # chunk 2 again, from staging
     assert torch.equal(torch.cat(kept), want.visual_embeds)
     timeouts = []
     while True:  # chunk 2's data is held back 1.5 s: recv() times out there, then resumes it
@@ -191,17 +188,11 @@ def _resumes(rank, push):
     return None
 
 
-@pytest.mark.parametrize("push", [False, True], ids=["pulled", "pushed"])
-def test_resumes_keep_both_ends_in_step_when_data_runs_in_posting_order(push):
-    """A consumer that raised (pulled: its chunk is pulled again; pushed: yielded again from
-    staging) and a timeout (the receive stays posted) keep the data messages matched one to one
-    under NCCL's rules."""
-    (sent, resent), _ = run_ranks(_resumes, args=(push,), timeout=120)
-    chunks = [(rid, o) for rid in (1, 2) for o in range(0, 40, CAP)]
-    if push:
-        assert sent == chunks and resent == 0
-    else:  # chunk 2 of request 1 sent twice
-        assert sent == chunks[:3] + [(1, 16)] + chunks[3:] and resent > 0
+def test_resumes_keep_both_ends_in_step_when_data_runs_in_posting_order():
+    """A consumer that raised (its chunk is yielded again from staging) and a timeout (the receive
+    stays posted) keep the rows messages matched one to one under NCCL's rules."""
+    (sent, exact), _ = run_ranks(_resumes, timeout=120)
+    assert sent == [(rid, o) for rid in (1, 2) for o in range(0, 40, CAP)] and exact
 
 
 def _control_on_the_data_stream(rank):

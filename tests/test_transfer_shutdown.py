@@ -66,3 +66,88 @@ def test_close_then_destroy_process_group_exits_cleanly_every_time(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(ROUNDS)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "failures: []" in proc.stdout
+
+
+CAP = 16
+
+
+def _fails_then_closes(tx, handle):
+    """Sender side: `handle` must fail with PeerClosed (the receiver closed first); then time
+    `tx.close()`. Returns (close seconds, chunks sent)."""
+    import time
+
+    from hf_qwen3_deepstack.transfer import PeerClosed
+
+    try:
+        handle.wait()
+        raise AssertionError(f"request {handle.request_id} completed although the receiver closed")
+    except PeerClosed:
+        pass
+    t0 = time.monotonic()
+    tx.close()
+    return time.monotonic() - t0, tx.stats.chunks_sent
+
+
+def _close_mid_request(rank):
+    """The receiver takes chunk 0 of 6, then closes; the sender must fail the request with
+    PeerClosed and close promptly (nothing of it stays pending)."""
+    import time
+
+    import torch
+    from _dist import random_output
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    out = random_output(5, 1, 6 * CAP, 50, hidden=64)
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=10)
+        return _fails_then_closes(tx, tx.isend(5, out))
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=10)
+    chunk = next(rx.recv_chunks())
+    assert chunk.token_offset == 0 and torch.equal(chunk.input_ids, out.input_ids.reshape(-1)[:CAP])
+    rx.close()
+    time.sleep(4)  # stay connected: a send left pending would now hold the sender's close()
+    return rx.interrupted
+
+
+def test_closing_mid_request_fails_it_and_leaves_nothing_pending():
+    from _dist import run_ranks
+
+    (close_s, chunks_sent), interrupted = run_ranks(_close_mid_request, timeout=90)
+    assert interrupted is None
+    assert chunks_sent == 1  # only chunk 0 was pulled
+    assert close_s < 3  # a send still pending would hold close() until its 10 s deadline
+
+
+def _close_with_next_request_described(rank):
+    """The receiver takes request 0, then closes while request 1's first header is on its way
+    (asked for with request 0's last pull): the sender fails request 1 with PeerClosed and closes
+    promptly."""
+    import time
+
+    from _dist import assert_same, random_output
+
+    from hf_qwen3_deepstack.transfer import EncoderOutputReceiver, EncoderOutputSender
+
+    outs = [random_output(6, 1, 2 * CAP, 10, hidden=64), random_output(7, 1, 5 * CAP, 40, hidden=64)]
+    if rank == 0:
+        tx = EncoderOutputSender(1, timeout=10)
+        handles = [tx.isend(i, out) for i, out in enumerate(outs)]
+        handles[0].wait()
+        return _fails_then_closes(tx, handles[1])
+    rx = EncoderOutputReceiver(0, capacity_tokens=CAP, timeout=10)
+    rid, got = rx.recv()
+    assert rid == 0
+    assert_same(got, outs[0])
+    time.sleep(0.5)  # request 1's first header is sent meanwhile
+    rx.close()
+    time.sleep(4)  # stay connected: a send left pending would now hold the sender's close()
+    return rid
+
+
+def test_closing_with_the_next_request_described_leaves_nothing_pending():
+    from _dist import run_ranks
+
+    (close_s, chunks_sent), _ = run_ranks(_close_with_next_request_described, timeout=90)
+    assert chunks_sent == 2  # request 0; nothing of request 1's rows
+    assert close_s < 3

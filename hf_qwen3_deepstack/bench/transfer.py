@@ -1,12 +1,12 @@
-"""`bench transfer`: our chunked send/recv against raw `dist.send` on 2 gloo ranks (loopback).
+"""`bench transfer`: our chunked send/recv against raw `dist.send` on 2 ranks: gloo on loopback
+(`--device cpu`), or NCCL between GPUs 0 and 1 (`--device cuda`; headers and control over gloo).
 
 For each payload size it measures, on the receiving rank, (a) our `send`/`recv` throughput with
 one chunk per request (capacity = whole request) and (b) chunked (capacity = 1/4 of the
 request's tokens), (c) raw `dist.send` of one contiguous tensor of the same bytes, and 64 KB
 one-way latency (send call on rank 0 -> recv return on rank 1, same-host monotonic clock) of
-ours, of raw, and of the floor of a receiver that can time out and resume on gloo (one
-message completed by a waiter thread; see `_latency_floor`), which splits ours into what that
-design costs and what our per-request work adds.
+ours, of raw, and (CPU) of the floor of a receiver that can time out and resume on gloo (one
+message completed by a waiter thread; see `_latency_floor`).
 Methods run back to back in each of `--rounds` rounds; ratios are medians of the per-round
 ratios (the host's speed drifts between runs; a paired ratio cancels most of it), GB/s columns
 medians over rounds. It also reports the CPU time per request of both processes together (all
@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per size (and for latency); medians are reported")
     parser.add_argument("--out", default="bench_transfer", help="output prefix for .md and .png")
     parser.add_argument("--port", type=int, default=0, help="rendezvous port (0: pick a free one)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: 2 gloo ranks; cuda: 2 ranks on GPUs 0 and 1, data over NCCL")
 
 
 def _parse_size(s: str) -> int:
@@ -95,6 +97,11 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = True) -> tuple[float | None, float]:
     """(receiver-side seconds, this rank's CPU seconds) for `reps` requests, after one warm-up
     request; the CPU time runs from the barrier before the requests to the one after them."""
@@ -102,6 +109,7 @@ def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = Tr
 
     from ..transfer import EncoderOutputReceiver, EncoderOutputSender
 
+    device = out.input_ids.device
     if rank == 0:
         tx = EncoderOutputSender(1, timeout=120, max_in_flight=4, tag=tag)
         tx.send(0, out)
@@ -114,7 +122,7 @@ def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = Tr
         cpu = _cpu_seconds() - cpu
         tx.close()
         return None, cpu
-    rx = EncoderOutputReceiver(0, capacity_tokens=capacity, timeout=120, tag=tag,
+    rx = EncoderOutputReceiver(0, capacity_tokens=capacity, timeout=120, tag=tag, device=device,
                                hidden_size=out.hidden_size, num_deepstack_levels=out.num_deepstack_levels,
                                dtype=out.visual_embeds.dtype)
     _, got = rx.recv()
@@ -127,6 +135,7 @@ def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = Tr
         _, got = rx.recv()
         if recycle:  # steady state of a serving loop: the result's memory is handed back after use
             rx.recycle(got)
+    _sync(device)
     dt = time.perf_counter() - t0
     dist.barrier()
     cpu = _cpu_seconds() - cpu
@@ -134,25 +143,27 @@ def _ours(rank: int, out, capacity: int, reps: int, tag: int, recycle: bool = Tr
     return dt, cpu
 
 
-def _raw(rank: int, nbytes: int, reps: int) -> tuple[float | None, float]:
+def _raw(rank: int, nbytes: int, reps: int, device: torch.device) -> tuple[float | None, float]:
     import torch.distributed as dist
 
-    x = torch.zeros(nbytes, dtype=torch.uint8)
+    x = torch.zeros(nbytes, dtype=torch.uint8, device=device)
     dist.send(x, 1) if rank == 0 else dist.recv(x, 0)
+    _sync(device)
     dist.barrier()
     cpu, t0 = _cpu_seconds(), time.perf_counter()
     for _ in range(reps):
         dist.send(x, 1) if rank == 0 else dist.recv(x, 0)
+    _sync(device)
     dt = time.perf_counter() - t0
     dist.barrier()
     return (dt if rank == 1 else None), _cpu_seconds() - cpu
 
 
-def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
-    """Raw one-way latency: rank 0 stamps, sends the stamp, then the message."""
+def _latency_raw(rank: int, nbytes: int, iters: int, device: torch.device) -> float | None:
+    """Raw one-way latency: rank 0 stamps, sends the message, then the stamp."""
     import torch.distributed as dist
 
-    x = torch.zeros(nbytes, dtype=torch.uint8)
+    x = torch.zeros(nbytes, dtype=torch.uint8, device=device)
     stamp = torch.zeros(1, dtype=torch.float64)
     go = torch.zeros(1, dtype=torch.float64)
     if rank == 0:
@@ -166,6 +177,7 @@ def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
     for _ in range(iters):
         dist.send(go, 0)
         dist.recv(x, 0)
+        _sync(device)
         t1 = time.perf_counter()
         dist.recv(stamp, 0)
         lat.append(t1 - float(stamp[0]))
@@ -174,14 +186,14 @@ def _latency_raw(rank: int, nbytes: int, iters: int) -> float | None:
 
 def _latency_floor(rank: int, out, iters: int, tag: int) -> float | None:
     """The floor of a receiver on gloo that can time out and resume (see `transfer/_wait.py`):
-    the same 64 KB as one message, assembled with one concatenation behind a 256-byte header,
+    the same 64 KB as one message, assembled with one concatenation behind its header message,
     completed by a waiter thread while the caller waits on a condition with a deadline, and its
-    header parsed. What ours adds on top is its own per-request work."""
+    header parsed. What ours adds on top is its protocol (a pull round trip) and per-request work."""
     import threading
 
     import torch.distributed as dist
 
-    from ..transfer._wait import Waiter, wait_all
+    from ..transfer._wait import Waiter, settled
     from ..transfer.chunking import SendPlan
     from ..transfer.link import PeerLink
     from ..transfer.protocol import HEADER_BYTES, ChunkHeader
@@ -189,28 +201,25 @@ def _latency_floor(rank: int, out, iters: int, tag: int) -> float | None:
     link = PeerLink(1 - rank)
     stamp = torch.zeros(1, dtype=torch.float64)
     go = torch.zeros(1, dtype=torch.float64)
-    # the pieces of our inline message (its header, int parts and rows), built once: not timed
-    plan = SendPlan.build(out)
-    h = plan.header(0, 0, 0, plan.total)
-    header = h.to_bytes()
-    pieces = [t.reshape(-1).view(torch.uint8) for t in plan._int_parts(h) + plan._embed_parts(h)]
+    plan = SendPlan.build(out)  # the pieces of our messages, built once: not timed
+    h = plan.header(0, 0, plan.total)
+    pieces = [plan.header_message(h, 1 << 20), plan.rows_message(h).reshape(-1).view(torch.uint8)]
     if rank == 0:
         for _ in range(iters):
             dist.recv(go, 1)
             stamp[0] = time.perf_counter()
-            msg = torch.cat([torch.frombuffer(header, dtype=torch.uint8), *pieces])
-            link.isend(msg, tag).wait()
+            link.isend(torch.cat(pieces), tag).wait()
             dist.send(stamp, 1)
         return None
     waiter = Waiter("floor", threading.Condition())
     buf = torch.empty(HEADER_BYTES + (1 << 20), dtype=torch.uint8)
     lat = []
     for _ in range(iters):
-        pending = waiter.submit_many([(link.irecv(buf, tag), buf, 0)])
+        pending = waiter.submit([(link.irecv(buf, tag), buf)])
         dist.send(go, 0)
-        if not wait_all(pending, time.monotonic() + 60):
-            raise RuntimeError("floor message not received within 60 s")
-        ChunkHeader.from_tensor(buf[:HEADER_BYTES].view(torch.int64))
+        if not settled(pending, time.monotonic() + 60) or pending[0].error is not None:
+            raise RuntimeError(f"floor message not received within 60 s ({pending[0].error})")
+        ChunkHeader.parse(buf[:HEADER_BYTES].view(torch.int64).tolist())
         t1 = time.perf_counter()
         dist.recv(stamp, 0)
         lat.append(t1 - float(stamp[0]))
@@ -234,7 +243,8 @@ def _latency_ours(rank: int, out, iters: int, tag: int) -> float | None:
             dist.send(stamp, 1)
         tx.close()
         return None
-    rx = EncoderOutputReceiver(0, capacity_tokens=max(1, out.input_ids.numel()), timeout=60, tag=tag)
+    rx = EncoderOutputReceiver(0, capacity_tokens=max(1, out.input_ids.numel()), timeout=60, tag=tag,
+                               device=out.input_ids.device)
     rx.poll()  # post the first pull, as a serving receiver would have
     lat = []
     for _ in range(iters):
@@ -254,12 +264,17 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=300))
+    device = torch.device("cpu")
+    if cfg["device"] == "cuda":  # data over NCCL; headers, control and the bench's own stamps over gloo
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=300))
     dist.barrier()
     rows = []
     tag = 200
     for size in cfg["sizes"]:
-        out = make_payload(size, cfg["hidden"], cfg["levels"])
+        out = make_payload(size, cfg["hidden"], cfg["levels"]).to(device)
         nbytes = wire_payload_bytes(out)
         total = out.input_ids.numel()
         reps = max(2, _repeats(nbytes, cfg["budget"]) // cfg["rounds"])
@@ -269,7 +284,7 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
         for _ in range(cfg["rounds"]):
             times, cpu = {}, {}
             tag += 10
-            times["raw"], cpu["raw"] = _raw(rank, nbytes, reps)
+            times["raw"], cpu["raw"] = _raw(rank, nbytes, reps, device)
             times["single"], cpu["single"] = _ours(rank, out, total, reps, tag)
             tag += 10
             times["chunked"], cpu["chunked"] = _ours(rank, out, math.ceil(total / 4), reps, tag + 5)
@@ -291,24 +306,27 @@ def _worker(rank: int, port: int, cfg: dict, results) -> None:
             ratios["raw_cpu"] = statistics.median(cpu_round["raw"])
             rows.append(dict(size=size, nbytes=nbytes, tokens=total, visual=out.num_visual_tokens, reps=reps,
                              **med, **ratios))
-    out = make_payload(64 << 10, cfg["hidden"], cfg["levels"])
+    out = make_payload(64 << 10, cfg["hidden"], cfg["levels"]).to(device)
     lat_ours, lat_raw, lat_floor = [], [], []
     for _ in range(cfg["rounds"]):
         tag += 10
         lat_ours.append(_latency_ours(rank, out, cfg["latency_iters"], tag))
-        lat_raw.append(_latency_raw(rank, wire_payload_bytes(out), cfg["latency_iters"]))
-        lat_floor.append(_latency_floor(rank, out, cfg["latency_iters"], tag + 5))
-    wire = _typical_prompt_wire(rank, cfg, tag + 10)
+        lat_raw.append(_latency_raw(rank, wire_payload_bytes(out), cfg["latency_iters"], device))
+        if device.type == "cpu":  # the floor is gloo's
+            lat_floor.append(_latency_floor(rank, out, cfg["latency_iters"], tag + 5))
+    wire = _typical_prompt_wire(rank, cfg, tag + 10, device)
     dist.barrier()
     if rank == 1:
+        floor = {}
+        if lat_floor:
+            floor = dict(lat_floor=statistics.median(lat_floor),
+                         lat_floor_ratio=statistics.median(f / r for f, r in zip(lat_floor, lat_raw)))
         results.put(dict(rows=rows, lat_ours=statistics.median(lat_ours), lat_raw=statistics.median(lat_raw),
-                         lat_ratio=statistics.median(o / r for o, r in zip(lat_ours, lat_raw)),
-                         lat_floor=statistics.median(lat_floor),
-                         lat_floor_ratio=statistics.median(f / r for f, r in zip(lat_floor, lat_raw)), wire=wire))
+                         lat_ratio=statistics.median(o / r for o, r in zip(lat_ours, lat_raw)), wire=wire, **floor))
     dist.destroy_process_group()
 
 
-def _typical_prompt_wire(rank: int, cfg: dict, tag: int) -> list[dict] | None:
+def _typical_prompt_wire(rank: int, cfg: dict, tag: int, device: torch.device) -> list[dict] | None:
     """Measured bytes on the wire for a typical prompt (one 1024x1024 image = 1024 visual tokens
     + 100 text tokens), vs the seeds' full-sequence layout S x (1+K) x H x 2 bytes."""
     import torch.distributed as dist
@@ -325,7 +343,7 @@ def _typical_prompt_wire(rank: int, cfg: dict, tag: int) -> list[dict] | None:
         out = EncoderOutput(ids, torch.zeros(3, 1, s, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
                             torch.zeros(n, hidden, dtype=torch.bfloat16),
                             torch.zeros(levels, n, hidden, dtype=torch.bfloat16),
-                            torch.ones(1, s, dtype=torch.int64), image_token_id=151655)
+                            torch.ones(1, s, dtype=torch.int64), image_token_id=151655).to(device)
         for cap in (s, 512):
             if rank == 0:
                 tx = EncoderOutputSender(1, timeout=60, tag=tag)
@@ -333,7 +351,7 @@ def _typical_prompt_wire(rank: int, cfg: dict, tag: int) -> list[dict] | None:
                 tx.close()
                 dist.send(torch.tensor([tx.stats.bytes_sent]), 1)
             else:
-                rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=60, tag=tag)
+                rx = EncoderOutputReceiver(0, capacity_tokens=cap, timeout=60, tag=tag, device=device)
                 rx.recv()
                 ctrl = rx.ctrl_bytes_sent
                 rx.close()
@@ -359,9 +377,10 @@ def _fig(x: float) -> str:
 
 
 def render(res: dict, cfg: dict) -> str:
+    ranks = "2 gloo ranks on loopback" if cfg["device"] == "cpu" else "2 ranks on GPUs 0 and 1, data over NCCL"
     lines = [
         f"Payload: 1 image request, N visual tokens + N/8 text tokens, H={cfg['hidden']}, K={cfg['levels']}, bf16; "
-        f"2 gloo ranks on loopback; GB/s = 1e9 bytes/s measured at the receiver, median of {cfg['rounds']} rounds; "
+        f"{ranks}; GB/s = 1e9 bytes/s measured at the receiver, median of {cfg['rounds']} rounds; "
         "ratios = median of the per-round paired ratios. ours = `recv()` + "
         "`recycle()` of the previous result (serving steady state); the last column allocates fresh result "
         "tensors per request (page faults) -- raw dist.send reuses one buffer.",
@@ -384,11 +403,14 @@ def render(res: dict, cfg: dict) -> str:
         lines.append(f"| {_fmt_size(r['size'])} | {_fig(r['raw_cpu'] * 1e3)} | {r['single_cpu_ratio']:.2f} "
                      f"| {r['chunked_cpu_ratio']:.2f} |")
     lo, lr = res["lat_ours"], res["lat_raw"]
+    floor = ""
+    if "lat_floor" in res:
+        floor = (" Floor of a resumable receiver on gloo (the same bytes as one message behind a header, "
+                 "completed by a waiter thread, header parsed; no protocol round trip, no per-request work of ours): "
+                 f"{res['lat_floor'] * 1e6:.0f} us, ratio {res['lat_floor_ratio']:.2f}")
     lines += ["", f"64 KB one-way latency (median of {cfg['rounds']} rounds of per-message medians): ours "
                   f"{lo * 1e6:.0f} us, raw dist.send {lr * 1e6:.0f} us, ratio {res['lat_ratio']:.2f} (median of "
-                  "paired per-round ratios). Floor of a resumable receiver on gloo (the same bytes as one message "
-                  "behind a header, completed by a waiter thread, header parsed; no per-request work of ours): "
-                  f"{res['lat_floor'] * 1e6:.0f} us, ratio {res['lat_floor_ratio']:.2f}", "",
+                  f"paired per-round ratios).{floor}", "",
               "Bytes on the wire per request, typical prompt (1 image = 1024 visual tokens, S = 1124, bf16, "
               f"K={cfg['levels']}); ours = headers + control + ids/positions/mask + visual rows:", "",
               "| model (H) | capacity | ours bytes | of which data | seeds' layout S x (1+K) x H x 2 | ours / seeds |",
@@ -416,7 +438,7 @@ def chart(res: dict, path: str) -> bool:
     ax.set_xticks(xs, [_fmt_size(x) for x in xs])
     ax.set_xlabel("payload")
     ax.set_ylabel("GB/s")
-    ax.set_title("EncoderOutput transfer over gloo (loopback)")
+    ax.set_title("EncoderOutput transfer")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -447,9 +469,12 @@ def main(args: argparse.Namespace) -> int:
 
     if args.rounds < 1 or args.latency_iters < 1:
         raise SystemExit("[bench transfer] --rounds and --latency-iters must be at least 1")
+    if args.device == "cuda" and torch.cuda.device_count() < 2:
+        raise SystemExit(f"[bench transfer] --device cuda needs 2 GPUs (NCCL refuses two ranks on one GPU); "
+                         f"this host has {torch.cuda.device_count()}")
     cfg = dict(sizes=[_parse_size(s) for s in args.sizes.split(",")], hidden=args.hidden_size,
                levels=args.deepstack_levels, budget=args.bytes_per_point, latency_iters=args.latency_iters,
-               rounds=args.rounds)
+               rounds=args.rounds, device=args.device)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = args.port or _free_port()

@@ -1,19 +1,20 @@
-"""Point-to-point messages to one peer, straight on the `ProcessGroup` object.
+"""Point-to-point messages to one peer, straight on the `ProcessGroup`, and the rule of one live
+sender and one live receiver per (group, peer, tag).
 
-`dist.isend`/`dist.irecv` resolve the group and translate the global rank on every call (Python
-wrappers, logging decorators). A channel sends or posts about a dozen messages per chunk, so the
-group and the peer's group rank are resolved once here and each message is one call into the
-backend (`ProcessGroup.send`/`recv`, the same calls those wrappers end in).
+`dist.isend`/`dist.irecv` resolve the group and translate the global rank on every call; a channel
+posts several messages per chunk, so that is done once here and each message is one call into the
+backend (`ProcessGroup.send`/`recv`, where those wrappers end). The group picks the backend by the
+tensor's device: headers and control messages are host tensors (the group's CPU backend, gloo),
+rows go on the data's device (NCCL for CUDA). The group must therefore have a CPU backend.
 
-The group picks the backend by the tensor's device. Headers and control messages are host
-tensors, so they always go over the group's CPU backend (gloo), matched by tag; chunk data goes
-on the data's device (NCCL for CUDA). That keeps NCCL's ordering out of the protocol's way: NCCL
-ignores tags and runs a pair's sends and receives one after another on one stream, so a control
-receive posted there would hold up the data behind it. The group must therefore have a CPU
-backend: ``backend="cpu:gloo,cuda:nccl"`` on GPUs.
+Two live senders (or receivers) on one (group, peer, tag) would take each other's messages: gloo
+then aborts the process on a message longer than the receive it lands in. `claim` makes that a
+`ValueError` at construction; `close()` releases the claim.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.distributed as dist
@@ -41,10 +42,35 @@ class PeerLink:
                 "and control messages are host tensors. Create it with backend='cpu:gloo,cuda:nccl' "
                 "(dist.init_process_group or dist.new_group): CUDA data then goes over NCCL, the rest over gloo")
         self.peer = peer
-        self._pg = pg
+        self.pg = pg
 
     def isend(self, tensor: torch.Tensor, tag: int) -> dist.Work:
-        return self._pg.send([tensor], self.group_peer, tag)
+        return self.pg.send([tensor], self.group_peer, tag)
 
     def irecv(self, tensor: torch.Tensor, tag: int) -> dist.Work:
-        return self._pg.recv([tensor], self.group_peer, tag)
+        return self.pg.recv([tensor], self.group_peer, tag)
+
+
+_live: dict[tuple, dist.ProcessGroup] = {}  # (role, id(group), peer, tag) -> group (kept alive: ids stay unique)
+_live_lock = threading.Lock()
+
+
+def claim(role: str, links: list[PeerLink], tag: int) -> list[tuple]:
+    """Register a live `role` ("sender"/"receiver") on each link's (group, peer, tag), or raise
+    ValueError naming the pair that is taken. Returns the keys to `release`."""
+    keys = [(role, id(link.pg), link.peer, tag) for link in links]
+    with _live_lock:
+        for key in keys:
+            if key in _live or keys.count(key) > 1:
+                raise ValueError(
+                    f"a live {role} already exists for peer rank {key[2]}, tag {tag} on this process group: two "
+                    f"would take each other's messages. close() the first before creating another (or use another tag)")
+        for key, link in zip(keys, links):
+            _live[key] = link.pg
+    return keys
+
+
+def release(keys: list[tuple]) -> None:
+    with _live_lock:
+        for key in keys:
+            _live.pop(key, None)

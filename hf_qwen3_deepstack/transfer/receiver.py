@@ -1,76 +1,40 @@
-"""Language side: `EncoderOutputReceiver` pulls chunks into a preallocated staging buffer."""
+"""Language side: `EncoderOutputReceiver` pulls requests chunk by chunk (see `protocol.py`)."""
 
 from __future__ import annotations
 
+import os
+import random
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ..encoder_output import EncoderOutput
-from ._wait import Pending, Waiter, remaining, wait_all
-from .chunking import (
-    ChunkViews,
-    count_visual,
-    direct_views,
-    embed_nbytes,
-    empty_result,
-    inline_result,
-    int_numel,
-    data_sizes,
-    scatter_chunk,
-    split_ints,
-    token_id,
-    staging_nbytes,
-    staging_views,
-)
-from .link import PeerLink
+from ..encoder_output import EncoderOutput, visual_rows_to_fields
+from ._wait import Pending, Waiter, remaining, settled
+from .chunking import count_visual, int_numel, new_result, row_nbytes, scatter_ints, split_ints, token_id
+from .link import PeerLink, claim, release
 from .protocol import (
-    CODE_DTYPES,
-    CONTROL_WORDS,
-    EMBED_DTYPES,
-    ERROR_NAMES,
-    HEADER_BYTES,
-    KIND_ACK,
-    KIND_BYE,
-    KIND_CHUNK,
-    KIND_CLOSE,
-    KIND_ERROR,
-    KIND_PULL,
-    KIND_REJECT,
-    MASK_DTYPES,
-    NEXT,
-    NONE_ID,
-    PULL_DATA_ONLY,
-    PULL_DESCRIBE_NEXT,
-    PULL_PUSH,
-    ChunkHeader,
-    Control,
-    HeaderMismatch,
-    PeerClosed,
-    TransferError,
-    TransferTimeout,
-    dtype_code,
-    expect_field,
-    mismatch,
-    req_name,
-)
+    CODE_DTYPES, CONTROL_WORDS, DTYPE_CODES, EMBED_DTYPES, ERROR_NAMES, FLAG_CUDA, FLAG_FIRST, FLAG_LAST,
+    HEADER_BYTES, HEADER_FIELDS, KIND_ACK, KIND_BYE, KIND_CHUNK, KIND_CLOSE, KIND_ERROR, KIND_PULL, KIND_REJECT,
+    MASK_DTYPES, MAX_HIDDEN, MAX_ID, MAX_LEVELS, NEXT, NONE_ID, SLACK, TRAILER, ChunkHeader, Control,
+    HeaderMismatch, PeerClosed, TransferError, TransferTimeout, mismatch, req_name)
 from .sender import DEFAULT_TAG
 
-_HEADER_FIELDS = [f.name for f in fields(ChunkHeader)]
 _SAME_AS_FIRST = ("total_tokens", "batch_size", "seq_len", "num_visual", "num_deepstack_levels", "hidden_size",
-                  "embed_dtype", "mask_dtype", "image_token_id", "video_token_id")  # every chunk agrees with the first
-INLINE_BYTES = 1 << 20  # default on CPU: one-chunk requests up to 1 MiB arrive in one message
+                  "embed_dtype", "mask_dtype", "image_token_id", "video_token_id", "capacity")
+_EMBED_CODES = {DTYPE_CODES[d]: d for d in EMBED_DTYPES}
+_MASK_CODES = {DTYPE_CODES[d]: d for d in MASK_DTYPES}
+_TRAILER_BYTES = TRAILER.to_bytes(8, sys.byteorder, signed=False)
 
 
 @dataclass
 class EncoderOutputChunk:
-    """One received chunk (`recv_chunks`). Tensors are views into the staging buffer, valid until
-    the iterator advances. Token ranges index the flattened (B*S) order."""
+    """One chunk of `recv_chunks()`. Tensors are views into the staging buffer, valid until the
+    iterator advances. Token ranges index the flattened (B*S) order."""
 
     request_id: int
     peer: int
@@ -94,123 +58,92 @@ class EncoderOutputChunk:
 
 
 class _Channel:
-    """Per-peer state: header buffer, the outstanding header receive, waiter threads."""
+    """One sender: its header buffer, outstanding header receive and waiter threads."""
 
-    def __init__(self, link: PeerLink, cond: threading.Condition, inline_bytes: int):
-        self.peer = link.peer
-        self.link = link
-        # a header, or a first header + the whole (small) request inline; host memory on every
-        # device (headers and control messages travel on the group's CPU backend)
-        self.header_buf = torch.empty(HEADER_BYTES + inline_bytes, dtype=torch.uint8)
-        # headers and control sends complete on one thread, data on another: a refused pull (ERROR
-        # header) is seen while its data receives are still posted
-        self.header_waiter = Waiter(f"rx-hdr-{self.peer}", cond)
-        self.data_waiter = Waiter(f"rx-data-{self.peer}", cond)
-        self.header: Pending | None = None  # outstanding header receive
-        self.closed = False  # sender said BYE
+    def __init__(self, link: PeerLink, cond: threading.Condition, header_bytes: int):
+        self.peer, self.link = link.peer, link
+        # header messages land here (host memory on every device), filled with a word whose bytes
+        # all differ from TRAILER's: see "Message lengths" in protocol.py
+        rng = random.SystemRandom()
+        fill = bytes(rng.choice([b for b in range(256) if b != t]) for t in _TRAILER_BYTES)
+        self.fill = int.from_bytes(fill, sys.byteorder, signed=True)
+        self.buf = torch.empty(header_bytes + SLACK, dtype=torch.uint8)
+        self.buf.view(torch.int64).fill_(self.fill)
+        self.dirty = 0  # bytes of `buf` to fill again before the next header receive
+        self.canary = os.urandom(8)  # written after the end of each rows message
+        self.header_waiter = Waiter(f"rx-hdr-{self.peer}", cond)  # header receives, control sends
+        self.data_waiter = Waiter(f"rx-data-{self.peer}", cond)  # rows receives
+        self.header: Pending | None = None  # the outstanding header receive
+        self.closed = False  # BYE received
         self.broken: BaseException | None = None
-
-    def parse_header(self, request_id: int) -> ChunkHeader:
-        return ChunkHeader.from_tensor(self.header_buf[:HEADER_BYTES].view(torch.int64), request_id)
-
-    def stop(self, timeout: float | None = None) -> None:
-        self.header_waiter.stop(timeout)
-        self.data_waiter.stop(timeout)
+        self.stale: int | None = None  # a request rejected mid-way: its next chunk header is on its way
 
 
 @dataclass
 class _Active:
-    """The request being received (at most one per receiver: staging holds one chunk)."""
+    """The request being received (one per receiver at a time)."""
 
     ch: _Channel
     request_id: int
     first: ChunkHeader
-    mode: str  # "recv" (assemble) or "stream" (recv_chunks)
-    result: EncoderOutput | None
-    rope: torch.Tensor  # (B, 1)
+    mode: str  # "recv" or "stream"
+    result: EncoderOutput | None = None  # recv: the assembled output
+    rows_buf: torch.Tensor | None = None  # recv: uint8 buffer of its rows (+ SLACK on CPU)
+    rope: torch.Tensor | None = None  # stream: (B, 1)
     acked: int = 0  # tokens acknowledged
     rows_acked: int = 0
-    chunks: int = 0
-    zero_copy: bool = False  # `result` is a view of the buffer the request arrived in
-    pushed: bool = False  # the sender sent the whole request unasked (no pulls)
-    int_block: torch.Tensor | None = None  # the result's ints in wire layout (one-chunk requests)
-    rows: torch.Tensor | None = None  # the result's (N, 1+K, H) token-major rows
-    header: ChunkHeader | None = None  # header of the chunk in progress
-    views: ChunkViews | None = None
-    payload: list[Pending] | None = None
-    stage: str = "have_header"  # await_header | have_header | await_payload | received | unacked
-    # await_header: the header of the chunk at `acked` is being received (posted with the last pull)
-    # have_header: it is here, its data not yet asked for; await_payload: data asked for, in flight
-    # received: data here, not yet acknowledged; unacked: a recv_chunks() consumer left holding it
+    header: ChunkHeader | None = None  # the chunk in progress
+    data: list[Pending] | None = None
+    region: torch.Tensor | None = None  # where its rows land
+    stage: str = "ready"  # header: awaiting it | ready: here, rows not pulled | rows: pulled | have: received
 
 
 class EncoderOutputReceiver:
-    """Receive `EncoderOutput`s from one or several sender ranks (see the package docstring).
+    """Receive `EncoderOutput`s from one or several sender ranks (global ranks `peer`).
 
-    `inline_bytes`: data bytes a header's message may carry after it (a whole one-chunk request, or
-    a chunk's int section): default 1 MiB on CPU/gloo; must be 0 on CUDA (headers arrive in host
-    memory, over the group's CPU backend, and a CUDA receiver's data lands on its device; a
-    ValueError otherwise); 0 always asks header, then data.
-    `push`: asking for the next request, ask the sender to send all of it (every chunk's header and
-    data) without further pulls; each message still leaves only when this side posts its receive
-    (gloo's rendezvous), a chunk at a time. Default: on for CPU/gloo, off for CUDA (there every
-    chunk is pulled)."""
+    `capacity_tokens` tokens per chunk bound the staging memory of `recv_chunks()`. `hidden_size`,
+    `num_deepstack_levels`, `dtype`: expected values (else H and K are learned from the first valid
+    request). `max_batch_size`, `max_tokens` (B*S) and `max_request_bytes` (the rows of `recv()`'s
+    result) bound what a header may announce. Not thread-safe: use it from one thread (`recycle`
+    may come from another)."""
 
-    def __init__(
-        self,
-        peer: int | Sequence[int],
-        group: dist.ProcessGroup | None = None,
-        *,
-        capacity_tokens: int,
-        device: torch.device | str | None = None,
-        timeout: float = 60.0,
-        hidden_size: int | None = None,
-        num_deepstack_levels: int | None = None,
-        dtype: torch.dtype | None = None,
-        max_batch_size: int = 1024,
-        tag: int = DEFAULT_TAG,
-        inline_bytes: int | None = None,
-        push: bool | None = None,
-    ):
+    def __init__(self, peer: int | Sequence[int], group: dist.ProcessGroup | None = None, *, capacity_tokens: int,
+                 device: torch.device | str | None = None, timeout: float = 60.0, hidden_size: int | None = None,
+                 num_deepstack_levels: int | None = None, dtype: torch.dtype | None = None,
+                 max_batch_size: int = 1024, max_tokens: int = 1 << 20, max_request_bytes: int = 1 << 34,
+                 tag: int = DEFAULT_TAG):
         if capacity_tokens <= 0:
             raise ValueError("capacity_tokens must be positive")
         if dtype is not None and dtype not in EMBED_DTYPES:
             raise ValueError(f"dtype {dtype} is not an embedding dtype")
-        peers = [peer] if isinstance(peer, int) else list(peer)
-        self.peers = peers
+        if hidden_size is not None and not 1 <= hidden_size <= MAX_HIDDEN:
+            raise ValueError(f"hidden_size must be in 1..{MAX_HIDDEN}")
+        if num_deepstack_levels is not None and not 0 <= num_deepstack_levels <= MAX_LEVELS:
+            raise ValueError(f"num_deepstack_levels must be in 0..{MAX_LEVELS}")
+        self.peers = [peer] if isinstance(peer, int) else list(peer)
         self.group = group
         self.capacity_tokens = capacity_tokens
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.timeout = timeout
-        self.hidden_size = hidden_size
-        self.num_deepstack_levels = num_deepstack_levels
-        self.dtype = dtype
-        self.max_batch_size = max_batch_size
+        self.hidden_size, self.num_deepstack_levels, self.dtype = hidden_size, num_deepstack_levels, dtype
+        self.max_batch_size, self.max_tokens, self.max_request_bytes = max_batch_size, max_tokens, max_request_bytes
         self.ctrl_tag, self.data_tag, self.header_tag = tag + 1, tag + 2, tag + 3
-        if inline_bytes is None:  # data after a header lands in host memory: CPU receivers only
-            inline_bytes = INLINE_BYTES if self.device.type == "cpu" else 0
-        if inline_bytes < 0 or (inline_bytes and self.device.type != "cpu"):
-            raise ValueError(f"inline_bytes={inline_bytes} on device {self.device}: it must be 0 for CUDA receivers "
-                             "(headers arrive in host memory, data must land on the device) and >= 0 on CPU")
-        self.inline_bytes = inline_bytes
-        self.push = self.device.type == "cpu" if push is None else push
-        self._ask_first = self.device.type == "cuda"  # see _request_data
+        self._cuda = self.device.type == "cuda"
+        self._ask_first = self._cuda  # send a PULL before posting its rows receive (NCCL, see protocol.py)
+        self.header_bytes = HEADER_BYTES + 8 * (max_batch_size + 5 * capacity_tokens) + 8
+        links = [PeerLink(p, group) for p in self.peers]  # every peer checked before anything starts
+        self._claim = claim("receiver", links, tag)
         self._cond = threading.Condition()
-        links = [PeerLink(p, group) for p in peers]  # every peer checked before any thread starts
-        self._channels = [_Channel(link, self._cond, inline_bytes) for link in links]
+        self._channels = [_Channel(link, self._cond, self.header_bytes) for link in links]
         self._rr = 0
         self._active: _Active | None = None
-        self._staging: torch.Tensor | None = None
-        self._pool: torch.Tensor | None = None  # a recycled embedding buffer (see recycle())
-        self._header_pool: list[torch.Tensor] = []  # recycled inline buffers
-        self._owned: dict[int, bool] = {}  # storage pointer of recent results -> arrived inline
+        self._staging: torch.Tensor | None = None  # recv_chunks(): uint8, int section then rows
+        self._staging_ints = 8 * (max_batch_size + 5 * capacity_tokens)
+        self._lock = threading.Lock()  # recycle() may run on another thread
+        self._pool: torch.Tensor | None = None  # a recycled rows buffer
+        self._owned: dict[int, None] = {}  # storages of recent results
         self.last_peer: int | None = None
-        self.bytes_received = 0  # headers + data
-        self.payload_bytes_received = 0
         self.ctrl_bytes_sent = 0
-        self.requests_received = 0
-        if None not in (hidden_size, num_deepstack_levels, dtype):
-            self._allocate()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -219,7 +152,7 @@ class EncoderOutputReceiver:
 
     @property
     def interrupted(self) -> int | None:
-        """Request id of an interrupted (started, unfinished) request, else None."""
+        """Request id of a started, unfinished request, else None."""
         return None if self._active is None else self._active.request_id
 
     def recv(self, timeout: float | None = None) -> tuple[int, EncoderOutput]:
@@ -227,84 +160,65 @@ class EncoderOutputReceiver:
         deadline = self._deadline(timeout)
         act = self._active or self._start(deadline, "recv")
         self._check_mode(act, "recv")
-        return act.request_id, self._drive_recv(act, deadline)
+        while True:
+            self._advance(act, deadline)
+            if self._ack(act):
+                return act.request_id, act.result
+
+    def recv_chunks(self, timeout: float | None = None) -> Iterator[EncoderOutputChunk]:
+        """Stream the next request chunk by chunk (bounded memory; `timeout` per chunk). A chunk
+        is acknowledged when the consumer asks for the next one; if it stops or raises, the
+        request stays interrupted and `recv_chunks()`/`resume()` yield that chunk again."""
+        act = self._active or self._start(self._deadline(timeout), "stream")
+        self._check_mode(act, "stream")
+        return self._stream(act, timeout)
 
     def resume(self, request_id: int, timeout: float | None = None):
-        """Continue the interrupted request `request_id` from its acknowledged offset. Returns what
-        the call that started it returns: `(request_id, EncoderOutput)` for `recv()`, or a chunk
-        iterator for `recv_chunks()`."""
+        """Continue the interrupted request `request_id` with the call that started it."""
         act = self._active
         if act is None or act.request_id != request_id:
             raise TransferError(f"{req_name(request_id)}: nothing to resume (interrupted: {self.interrupted})",
                                 request_id, "request_id")
         return self.recv(timeout) if act.mode == "recv" else self.recv_chunks(timeout)
 
-    def recv_chunks(self, timeout: float | None = None) -> Iterator[EncoderOutputChunk]:
-        """Stream the next request chunk by chunk (bounded memory). A chunk is acknowledged when
-        the consumer asks for the next one; if the consumer stops or raises, the request stays
-        interrupted and `recv_chunks()`/`resume()` continue from the acknowledged offset."""
-        deadline = self._deadline(timeout)
-        act = self._active or self._start(deadline, "stream")
-        self._check_mode(act, "stream")
-        return self._stream(act, deadline)
-
     def recycle(self, output: EncoderOutput) -> None:
-        """Hand back a result of `recv()` that you no longer use (e.g. after prefill): its embedding
-        memory is reused by the next `recv()`, which then avoids page-faulting fresh memory (for a
-        64 MB request that costs about as much as the transfer itself). Do not use `output`
-        afterwards (a request that arrived inline shares one buffer among all its tensors). One
-        embedding buffer is kept (the largest handed back), and up to two inline buffers."""
-        key = output.visual_embeds.untyped_storage().data_ptr()
-        if key not in self._owned:  # not ours (or handed back already)
-            return
-        inline = self._owned.pop(key)
-        buf = torch.empty(0, dtype=torch.uint8, device=self.device).set_(output.visual_embeds.untyped_storage())
-        if inline:
-            if len(self._header_pool) < 2:
-                self._header_pool.append(buf)
-        elif self._pool is None or buf.numel() > self._pool.numel():
-            self._pool = buf
-
-    def _take_pooled(self, h: ChunkHeader) -> torch.Tensor | None:
-        buf, self._pool = self._pool, None
-        return buf
+        """Hand back a result of `recv()` you no longer use: the next `recv()` reuses its rows memory
+        (for large requests page-faulting fresh memory costs about as much as the transfer)."""
+        storage = output.visual_embeds.untyped_storage()
+        with self._lock:
+            if storage.data_ptr() in self._owned:  # ours, not handed back yet
+                del self._owned[storage.data_ptr()]
+                buf = torch.empty(0, dtype=torch.uint8, device=self.device).set_(storage)
+                if self._pool is None or buf.numel() > self._pool.numel():
+                    self._pool = buf
 
     def poll(self) -> bool:
-        """Non-blocking: True if `recv()` has something to work on (a chunk header arrived or a
-        request is interrupted). Also posts the pulls for the next request on idle channels."""
+        """Non-blocking: True if `recv()` has something to work on. Also asks idle senders for
+        their next request."""
         if self._active is not None:
             return True
-        self._post_next_pulls()
+        self._ask_next()
         return any(ch.header is not None and ch.header.done() for ch in self._channels)
 
     def close(self, timeout: float | None = None) -> None:
-        """Tell every sender we are gone and wait for outstanding receives and that message to
-        complete: `dist.destroy_process_group()` may follow at once."""
+        """Tell every sender we are gone, and wait until nothing of ours is posted or pending:
+        `dist.destroy_process_group()` may follow at once."""
         deadline = self._deadline(timeout)
+        act, self._active = self._active, None
         for ch in self._channels:
             if ch.broken is not None:
                 continue
-            try:  # waiting for what was asked for (or pushed, drained) leaves nothing posted or pending
-                act = self._active
-                if act is not None and act.ch is ch:
-                    if act.payload:
-                        wait_all(act.payload, deadline)
-                    if act.pushed and act.stage == "have_header":  # its data not asked for yet
-                        self._drain_pushed(ch, act.header, deadline)
-                sent = self._send_ctrl(ch, Control(kind=KIND_CLOSE, capacity=self.capacity_tokens))
-                # the header being received: a BYE, or a chunk of a pushed request (the next chunk of
-                # the unfinished one, or the next request's first): then the rest of it follows
-                if ch.header is not None and wait_all([ch.header], deadline):
-                    p, ch.header = ch.header, None
-                    h = ch.parse_header(NEXT) if p.error is None and self.push else None
-                    if h is not None and h.kind == KIND_CHUNK and not h.inline:
-                        self._drain_pushed(ch, h, deadline)
-                wait_all(sent, deadline)
+            if act is not None and act.ch is ch and act.data:  # rows pulled: they come
+                settled(act.data, deadline)
+            try:
+                sent = self._control(ch, Control(kind=KIND_CLOSE))
             except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
+                continue
+            settled(sent + ([ch.header] if ch.header is not None else []), deadline)  # a header, or BYE
         for ch in self._channels:  # their threads are done with every work before the group may go
-            ch.stop(remaining(deadline))
-        self._active = None
+            for waiter in (ch.header_waiter, ch.data_waiter):
+                waiter.stop(0 if ch.broken is not None else remaining(deadline))
+        release(self._claim)
 
     def __enter__(self) -> "EncoderOutputReceiver":
         return self
@@ -312,7 +226,7 @@ class EncoderOutputReceiver:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ request start
+    # ------------------------------------------------------------------ starting a request
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
@@ -322,21 +236,15 @@ class EncoderOutputReceiver:
             raise TransferError(f"{req_name(act.request_id)} is interrupted in {call}; resume it with {call} "
                                 f"or resume({act.request_id})", act.request_id, "mode")
 
-    def _post_next_pulls(self) -> None:
+    def _ask_next(self) -> None:
         for ch in self._channels:
             if ch.header is None and not ch.closed and ch.broken is None:
-                self._pull(ch, self._describe_next())
-
-    def _describe_next(self, done: _Active | None = None) -> Control:
-        ctrl = Control(kind=KIND_PULL, request_id=NEXT, capacity=self.capacity_tokens, inline_bytes=self.inline_bytes,
-                       flags=PULL_PUSH if self.push else 0)
-        if done is not None:
-            ctrl.done_request_id, ctrl.done_total = done.request_id, done.first.total_tokens
-        return ctrl
+                ctrl = Control(kind=KIND_PULL, request_id=NEXT)
+                ch.header = self._control(ch, ctrl, expect_header=True)[0]
 
     def _start(self, deadline: float, mode: str) -> _Active:
         while True:
-            self._post_next_pulls()
+            self._ask_next()
             live = [ch for ch in self._channels if not ch.closed and ch.broken is None]
             if not live:
                 broken = [ch.broken for ch in self._channels if ch.broken is not None]
@@ -344,439 +252,317 @@ class EncoderOutputReceiver:
                     raise TransferError(f"every channel is down: {broken[0]}") from broken[0]
                 raise PeerClosed(f"all senders {self.peers} closed")
             ch = self._ready_channel(live, deadline)
-            h = self._take_header(ch, NEXT, 0)
-            if h.kind == KIND_BYE:
-                ch.closed = True
+            h, ints = self._take_header(ch, None, mode)
+            if h is None:  # BYE, or the leftover header of a rejected request
                 continue
-            try:
-                self._validate_first(ch, h)
-            except HeaderMismatch:
-                if self.push and not h.inline:  # the request was sent whole: take it off the wire
-                    self._drain_pushed(ch, h, deadline)
-                raise
-            if h.inline:
-                return self._start_inline(ch, h, mode)
-            self._active = self._begin(ch, h, mode)
-            self._active.pushed = self.push
-            return self._active
-
-    def _begin(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
-        """State of a request whose (validated, not inline) first header `h` came from `ch`."""
-        self.last_peer = ch.peer
-        if mode != "recv":
-            rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
-            return _Active(ch, h.request_id, h, mode, None, rope, header=h)
-        result, rows, block = empty_result(h, self.device, self._take_pooled(h))
-        if rows.untyped_storage().nbytes():
-            self._owned[rows.untyped_storage().data_ptr()] = False
-        return _Active(ch, h.request_id, h, mode, result, result.rope_deltas, header=h, int_block=block, rows=rows)
-
-    def _start_inline(self, ch: _Channel, h: ChunkHeader, mode: str) -> _Active:
-        """The whole request came with its header. `recv()` returns views of that buffer (the
-        channel takes a fresh one); `recv_chunks()` yields them as its only chunk."""
-        views = staging_views(ch.header_buf[HEADER_BYTES:], h)
-        parts = split_ints(views.ints, h)
-        self.bytes_received += h.int_bytes + h.embed_bytes
-        self.payload_bytes_received += h.int_bytes + h.embed_bytes
-        rope = parts.rope.view(h.batch_size, 1)
-        act = self._active = _Active(ch, h.request_id, h, mode, None, rope, header=h, views=views, stage="received")
-        self.last_peer = ch.peer
-        self._check_rows(act, parts.ids)
-        if mode == "recv":
-            act.result, act.zero_copy = inline_result(views, parts, h), True
-            self._owned[ch.header_buf.untyped_storage().data_ptr()] = True
-            ch.header_buf = (self._header_pool.pop() if self._header_pool
-                             else torch.empty_like(ch.header_buf))
-        return act
+            act = _Active(ch, h.request_id, h, mode, header=h)
+            if self.hidden_size is None or self.num_deepstack_levels is None:  # commit what was learned
+                self.hidden_size, self.num_deepstack_levels = h.hidden_size, h.num_deepstack_levels
+            if mode == "recv":
+                with self._lock:
+                    pool, self._pool = (self._pool, None) if h.num_visual else (None, self._pool)
+                act.result, act.rows_buf = new_result(h, self.device, pool, 0 if self._cuda else SLACK)
+                if h.num_visual:
+                    with self._lock:
+                        self._owned[act.rows_buf.untyped_storage().data_ptr()] = None
+                        while len(self._owned) > 64:  # results never recycled: forget the oldest
+                            self._owned.pop(next(iter(self._owned)))
+            else:
+                act.rope = torch.empty(h.batch_size, 1, dtype=torch.int64, device=self.device)
+                if self._staging is None:
+                    itemsize = self.dtype.itemsize if self.dtype else max(4, CODE_DTYPES[h.embed_dtype].itemsize)
+                    rows = self.capacity_tokens * (1 + h.num_deepstack_levels) * h.hidden_size * itemsize
+                    self._staging = torch.empty(self._staging_ints + rows + SLACK, dtype=torch.uint8,
+                                                device=self.device)
+            self._use_ints(act, h, ints)
+            self.last_peer = ch.peer
+            self._active = act
+            return act
 
     def _ready_channel(self, live: list[_Channel], deadline: float) -> _Channel:
-        n = len(live)
         with self._cond:
             while True:
-                for i in range(n):
-                    ch = live[(self._rr + i) % n]
+                for i in range(len(live)):
+                    ch = live[(self._rr + i) % len(live)]
                     if ch.header is not None and ch.header.done():
-                        self._rr = (self._rr + i + 1) % n
+                        self._rr = (self._rr + i + 1) % len(live)
                         return ch
-                left = remaining(deadline)
-                if left <= 0:
-                    peers = [c.peer for c in live]
-                    raise TransferTimeout(
-                        f"request <next>: no chunk at token offset 0 from rank(s) {peers} within the timeout",
-                        NEXT, 0)
-                self._cond.wait(left)
+                if remaining(deadline) <= 0:
+                    raise TransferTimeout(f"request <next>: no chunk at token offset 0 from rank(s) "
+                                          f"{[c.peer for c in live]} within the timeout", NEXT, 0)
+                self._cond.wait(remaining(deadline))
 
-    def _take_header(self, ch: _Channel, request_id: int, offset: int) -> ChunkHeader:
-        """Parse the completed header of `ch` (BYE/ERROR handled), validate its envelope."""
+    # ------------------------------------------------------------------ headers
+    def _take_header(self, ch: _Channel, act: _Active | None, mode: str
+                     ) -> tuple[ChunkHeader | None, torch.Tensor | None]:
+        """The completed header of `ch`, validated (a first one when `act` is None), with a view of
+        its int section (valid until the next header receive is posted). (None, None) for BYE
+        or a stale header. Raises HeaderMismatch after rejecting the request."""
         p, ch.header = ch.header, None
+        rid, offset = (NEXT, 0) if act is None else (act.request_id, act.acked)
         if p.error is not None:
             ch.broken = p.error
-            raise TransferError(f"{req_name(request_id)} at token offset {offset}: receive from rank {ch.peer} "
-                                f"failed: {p.error}", request_id, "connection") from p.error
-        self.bytes_received += HEADER_BYTES
+            raise TransferError(f"{req_name(rid)} at token offset {offset}: receive from rank {ch.peer} failed: "
+                                f"{p.error}", rid, "connection") from p.error
+        stale, ch.stale = ch.stale, None
+        ch.dirty = ch.buf.numel()  # until the message is known to be well formed
         try:
-            h = ch.parse_header(request_id)
-        except HeaderMismatch:
-            ch.broken = TransferError("corrupt header")
+            h = ChunkHeader.parse(ch.buf[:HEADER_BYTES].view(torch.int64).tolist(), None if act is None else rid)
+        except HeaderMismatch as e:
+            self._reject(ch, rid if act is not None else e.request_id, e)
             raise
-        if h.kind == KIND_ERROR:
+        if h.kind == KIND_ERROR:  # a refused pull: its rows receive stays posted, the channel is unusable
+            ch.broken = TransferError(f"sender rank {ch.peer} refused a pull")
             what = ERROR_NAMES.get(h.error_code, str(h.error_code))
             raise TransferError(f"{req_name(h.request_id)} at token offset {h.token_offset}: sender rank {ch.peer} "
                                 f"refused the pull ({what})", h.request_id, what)
-        if h.kind not in (KIND_CHUNK, KIND_BYE):
-            ch.broken = TransferError("bad header kind")
-            raise mismatch(request_id, "kind", h.kind, KIND_CHUNK, offset)
-        return h
-
-    # ------------------------------------------------------------------ validation
-    def _allocate(self) -> None:
-        # without an explicit dtype, size for 4-byte elements: fp32, bf16 and fp16 all fit
-        self._staging = torch.empty(
-            staging_nbytes(self.capacity_tokens, self.max_batch_size, self.num_deepstack_levels or 0,
-                           self.hidden_size or 0, self.dtype or torch.float32),
-            dtype=torch.uint8, device=self.device)
-
-    def _validate_first(self, ch: _Channel, h: ChunkHeader) -> None:
-        rid = h.request_id
         try:
-            if rid < 0:
-                raise mismatch(rid, "request_id", rid, ">= 0", 0)
-            if not h.first or h.token_offset != 0 or h.chunk_index != 0:
-                raise mismatch(rid, "token_offset", h.token_offset, 0, 0)
-            if h.embed_dtype not in CODE_DTYPES or CODE_DTYPES[h.embed_dtype] not in EMBED_DTYPES:
-                raise mismatch(rid, "embed_dtype", h.embed_dtype, "an embedding dtype code", 0)
-            if h.mask_dtype != NONE_ID and CODE_DTYPES.get(h.mask_dtype) not in MASK_DTYPES:
-                raise mismatch(rid, "mask_dtype", h.mask_dtype, "an integer/bool dtype code", 0)
-            for name, want in (("hidden_size", self.hidden_size), ("num_deepstack_levels", self.num_deepstack_levels)):
-                if want is not None:
-                    expect_field(h, name, want, 0)
-            if self.dtype is not None:
-                expect_field(h, "embed_dtype", dtype_code(self.dtype), 0)
-            if h.data_device_type != self.device.type:  # else its data could never match our receives
-                raise mismatch(rid, "flags", f"{h.flags} (data on {h.data_device_type})",
-                               f"data on {self.device.type}, this receiver's device (give the receiver a "
-                               f"device= of the sender's data device type)", 0)
-            if h.batch_size > self.max_batch_size:
-                raise mismatch(rid, "batch_size", h.batch_size, f"<= max_batch_size={self.max_batch_size}", 0)
-            if h.total_tokens != h.batch_size * h.seq_len or min(h.batch_size, h.seq_len, h.num_visual) < 0:
-                raise mismatch(rid, "total_tokens", h.total_tokens, h.batch_size * h.seq_len, 0)
-            if h.num_visual and h.image_token_id == NONE_ID and h.video_token_id == NONE_ID:
-                raise mismatch(rid, "num_visual", h.num_visual, "0 (no image/video token id)", 0)
-            if self._staging is None:  # learn the shape expectations from the first request
-                self.hidden_size, self.num_deepstack_levels = h.hidden_size, h.num_deepstack_levels
-                self._allocate()
+            if h.kind == KIND_BYE:
+                self._check_length(ch, h, rid, offset)
+                ch.closed = True
+                if act is not None:
+                    raise PeerClosed(f"{req_name(rid)} at token offset {offset}: sender rank {ch.peer} closed "
+                                     f"mid-request", rid, "bye")
+                return None, None
+            if act is None and stale is not None and h.request_id == stale and not h.first:
+                return None, None  # the next chunk of a request rejected mid-way: dropped
+            self._validate(h, act, mode)
+            self._check_length(ch, h, rid if act else h.request_id, offset)
+            ints = ch.buf[HEADER_BYTES : HEADER_BYTES + h.int_bytes].view(torch.int64)
+            seen = count_visual(split_ints(ints, h).ids, h)
+            if seen != h.row_count:
+                raise mismatch(h.request_id, "row_count", h.row_count,
+                               f"{seen} (the placeholders among the chunk's ids)", offset)
         except HeaderMismatch as e:
-            self._reject(ch, h, e)
+            self._reject(ch, h.request_id if act is None else rid, e)
             raise
-        self._validate_chunk(ch, h, rid, 0, 0, h)
+        return h, ints
 
-    def _validate_chunk(self, ch: _Channel, h: ChunkHeader, rid: int, offset: int, rows: int,
-                        first: ChunkHeader) -> None:
-        """Every chunk: identity, offset/count, and agreement with the first chunk."""
-        try:
-            expect_field(h, "request_id", rid, offset)
-            expect_field(h, "token_offset", offset, offset)
-            expect_field(h, "token_count", min(self.capacity_tokens, first.total_tokens - offset), offset)
-            for name in () if first is h else _SAME_AS_FIRST:
-                expect_field(h, name, getattr(first, name), offset)
-            expect_field(h, "row_offset", rows, offset)
-            if h.row_count < 0 or h.row_count > h.token_count or rows + h.row_count > first.num_visual:
-                raise mismatch(rid, "row_count", h.row_count, f"<= {min(h.token_count, first.num_visual - rows)}",
-                               offset)
-            expect_field(h, "int_bytes", 8 * int_numel(h), offset)
-            expect_field(h, "embed_bytes", embed_nbytes(h), offset)
-            expect_field(h, "last", offset + h.token_count >= first.total_tokens, offset)
-            if h.int_bytes + h.embed_bytes > self._staging.numel():
-                raise mismatch(rid, "embed_dtype", CODE_DTYPES[h.embed_dtype],
-                               f"a dtype whose chunk fits the {self._staging.numel()}-byte staging buffer", offset)
-            if h.inline and (not (h.first and h.last) or h.int_bytes + h.embed_bytes > self.inline_bytes):
-                raise mismatch(rid, "flags", h.flags, f"inline data only for a one-chunk request of at most "
-                               f"{self.inline_bytes} bytes", offset)
-            if h.pulled and h.inline:
-                raise mismatch(rid, "flags", h.flags, "inline data or data sent when pulled, not both", offset)
-            if h.ints_inline and (h.inline or h.packed or h.int_bytes > self.inline_bytes):
-                raise mismatch(rid, "flags", h.flags, f"an int section with the header only when it fits "
-                               f"{self.inline_bytes} bytes, without inline or packed data", offset)
-        except HeaderMismatch as e:
-            self._reject(ch, h, e)
-            raise
+    def _validate(self, h: ChunkHeader, act: _Active | None, mode: str) -> None:
+        """Every field against hard limits, this receiver's configuration and the request so far."""
+        first = h if act is None else act.first
+        rid, o, rows_acked = (h.request_id, 0, 0) if act is None else (act.request_id, act.acked, act.rows_acked)
 
-    def _reject(self, ch: _Channel, h: ChunkHeader, err: HeaderMismatch) -> None:
-        """Tell the sender a well-formed header is unacceptable and drop the request. No data
-        follows a header unasked (inline data came in the same message), so nothing is drained."""
+        def need(field: str, ok: bool, allowed: object) -> None:  # `allowed`: text, or a function making it
+            if not ok:
+                allowed = allowed() if callable(allowed) else allowed
+                value = getattr(h, field)
+                if field in ("embed_dtype", "mask_dtype"):
+                    value = f"{value} ({CODE_DTYPES.get(value, 'no dtype')})"
+                raise mismatch(rid, field, value, allowed, o)
+
+        need("kind", h.kind == KIND_CHUNK, "1 (a chunk)")
+        if act is None:
+            b, s, t, n, k, hid = (h.batch_size, h.seq_len, h.total_tokens, h.num_visual, h.num_deepstack_levels,
+                                  h.hidden_size)
+            need("request_id", 0 <= rid <= MAX_ID, f"0..{MAX_ID}")
+            need("flags", h.flags & ~(FLAG_FIRST | FLAG_LAST | FLAG_CUDA) == 0 and h.first,
+                 "FIRST (1) + LAST (2) + CUDA (4), FIRST set")
+            data = "cuda" if h.flags & FLAG_CUDA else "cpu"
+            need("flags", data == self.device.type, lambda: f"data on {self.device.type}, this receiver's device (the "
+                 f"header says data on {data}: give the receiver a device= of the sender's data device type)")
+            need("capacity", h.capacity == self.capacity_tokens,
+                 lambda: f"{self.capacity_tokens}, this receiver's capacity")
+            need("batch_size", 1 <= b <= self.max_batch_size, lambda: f"1..{self.max_batch_size} (max_batch_size)")
+            need("seq_len", 1 <= s <= self.max_tokens, lambda: f"1..{self.max_tokens} (max_tokens)")
+            need("total_tokens", t == b * s and t <= self.max_tokens,
+                 lambda: f"batch_size x seq_len = {b * s}, at most {self.max_tokens} (max_tokens)")
+            need("num_visual", 0 <= n <= t, lambda: f"0..{t} (total_tokens)")
+            want_k, want_h = self.num_deepstack_levels, self.hidden_size
+            need("num_deepstack_levels", 0 <= k <= MAX_LEVELS and want_k in (None, k),
+                 lambda: f"0..{MAX_LEVELS}" + (f", and {want_k} on this receiver" if want_k is not None else ""))
+            need("hidden_size", 1 <= hid <= MAX_HIDDEN and want_h in (None, hid),
+                 lambda: f"1..{MAX_HIDDEN}" + (f", and {want_h} on this receiver" if want_h is not None else ""))
+            need("embed_dtype", h.embed_dtype in _EMBED_CODES and self.dtype in (None, _EMBED_CODES[h.embed_dtype]),
+                 lambda: f"{self.dtype} on this receiver" if self.dtype else f"an embedding dtype code "
+                 f"{sorted(_EMBED_CODES)}")
+            need("mask_dtype", h.mask_dtype == NONE_ID or h.mask_dtype in _MASK_CODES,
+                 lambda: f"{NONE_ID} (no mask) or a mask dtype code {sorted(_MASK_CODES)}")
+            for name in ("image_token_id", "video_token_id"):
+                need(name, getattr(h, name) == NONE_ID or 0 <= getattr(h, name) <= MAX_ID, f"{NONE_ID} or 0..{MAX_ID}")
+            need("num_visual", n == 0 or h.image_token_id != NONE_ID or h.video_token_id != NONE_ID,
+                 "0 without an image or video token id")
+            need("num_visual", n * row_nbytes(h) <= self.max_request_bytes,
+                 lambda: f"0..{self.max_request_bytes // row_nbytes(h)} rows of {row_nbytes(h)} bytes "
+                 "(max_request_bytes)")
+        else:
+            need("request_id", h.request_id == rid, rid)
+            for name in _SAME_AS_FIRST:
+                need(name, getattr(h, name) == getattr(first, name),
+                     lambda: f"{getattr(first, name)} as in the first chunk")
+            need("flags", h.flags & ~FLAG_LAST == first.flags & ~(FLAG_FIRST | FLAG_LAST),
+                 "LAST (2) + CUDA as in the first chunk")
+        count = min(self.capacity_tokens, first.total_tokens - o)
+        need("token_offset", h.token_offset == o, lambda: f"{o} (tokens acknowledged)")
+        need("token_count", h.token_count == count, count)
+        need("flags", h.last == (o + count == first.total_tokens), "LAST set exactly on the last chunk")
+        need("row_offset", h.row_offset == rows_acked, lambda: f"{rows_acked} (rows received before)")
+        left = first.num_visual - rows_acked
+        need("row_count", (0 <= h.row_count <= min(count, left)) and (h.row_count == left or not h.last),
+             lambda: f"{left} (the last chunk carries the rest of num_visual={first.num_visual})" if h.last
+             else f"0..{min(count, left)}")
+        need("int_bytes", h.int_bytes == 8 * int_numel(h), 8 * int_numel(h))
+        need("embed_bytes", h.embed_bytes == h.row_count * row_nbytes(h), h.row_count * row_nbytes(h))
+        need("rows_tail", 0 <= h.rows_tail <= 255, "0..255")
+        if mode == "stream" and self._staging is not None:
+            room = self._staging.numel() - self._staging_ints - SLACK
+            need("embed_dtype", h.embed_bytes <= room, lambda: f"a dtype whose chunk fits the {room}-byte staging rows")
+
+    def _check_length(self, ch: _Channel, h: ChunkHeader, rid: int, offset: int) -> None:
+        """The header message ends with TRAILER where its header says, and the fill after it is intact."""
+        end = HEADER_BYTES + h.int_bytes
+        if h.kind != KIND_CHUNK and h.int_bytes != 0:
+            raise mismatch(rid, "int_bytes", h.int_bytes, "0 (no int section after BYE)", offset)
+        tail = ch.buf[end : end + 16].view(torch.int64).tolist()
+        if tail[0] != TRAILER:
+            raise mismatch(rid, "int_bytes", h.int_bytes, f"the header message's length: it ended before the "
+                           f"{end + 8} bytes its header announces (a short message)", offset)
+        if tail[1] != ch.fill:
+            raise mismatch(rid, "int_bytes", h.int_bytes, f"the header message's length: it ran past the "
+                           f"{end + 8} bytes its header announces (a long message)", offset)
+        ch.dirty = end + 8
+
+    def _use_ints(self, act: _Active, h: ChunkHeader, ints: torch.Tensor) -> None:
+        """Copy the int section out of the header buffer (into the result, or staging)."""
+        parts = split_ints(ints, h)
+        if act.mode == "recv":
+            scatter_ints(parts, h, act.result)
+        else:
+            if parts.rope is not None:
+                act.rope.view(-1).copy_(parts.rope)
+            self._staging[: h.int_bytes].view(torch.int64).copy_(ints)
+        act.header, act.stage = h, "ready"
+
+    def _reject(self, ch: _Channel, rid: int | None, err: HeaderMismatch) -> None:
+        """Tell the sender to drop `rid`; the channel goes on with its next request."""
+        field = HEADER_FIELDS.index(err.field) if err.field in HEADER_FIELDS else -1
         try:
-            field = err.field if err.field in _HEADER_FIELDS else "flags"
-            self._send_ctrl(ch, Control(kind=KIND_REJECT, request_id=h.request_id, offset=h.token_offset,
-                                        capacity=self.capacity_tokens, reason=_HEADER_FIELDS.index(field)))
+            self._control(ch, Control(kind=KIND_REJECT, request_id=NEXT if rid is None else rid, reason=field))
         except Exception as e:  # noqa: BLE001 - cannot resynchronise: the channel is unusable
             ch.broken = e
-        if self._active is not None and self._active.request_id == h.request_id and self._active.ch is ch:
+        if self._active is not None and self._active.ch is ch:
             self._active = None
 
-    # ------------------------------------------------------------------ chunk loop
+    # ------------------------------------------------------------------ chunks
     def _advance(self, act: _Active, deadline: float) -> None:
-        """Drive `act` until its current chunk is received (stage 'received')."""
+        """Drive `act` until its current chunk is received (stage "have")."""
         ch = act.ch
-        if act.stage == "unacked":  # consumer raised: the chunk again (pushed: it is still in staging)
-            if act.pushed:
-                act.stage = "received"
-                return
-            self._request_data(act, resend=True)
-        if act.stage == "await_header":
-            if not wait_all([ch.header], deadline):
-                raise self._timeout(act)
-            h = self._take_header(ch, act.request_id, act.acked)
-            if h.kind == KIND_BYE:
-                ch.closed = True
-                raise PeerClosed(f"{req_name(act.request_id)} at token offset {act.acked}: sender rank {ch.peer} "
-                                 f"closed mid-request", act.request_id, "bye")
-            try:
-                self._validate_chunk(ch, h, act.request_id, act.acked, act.rows_acked, act.first)
-            except HeaderMismatch:
-                if act.pushed:  # this chunk's data and the rest are on their way: take them off the wire
-                    self._drain_pushed(ch, h, deadline)
-                raise
-            act.header, act.stage = h, "have_header"
-        if act.stage == "have_header":
-            self._request_data(act)
-        if act.stage == "await_payload":
-            self._await_payload(act, deadline)
-            nbytes = sum(p.nbytes for p in act.payload)
-            self.bytes_received += nbytes
-            self.payload_bytes_received += nbytes
-            act.payload = None
-            self._check_rows(act, split_ints(act.views.ints, act.header).ids)
-            act.stage = "received"
+        if act.stage == "header":
+            if not settled([ch.header], deadline):
+                raise self._timeout(act, "chunk header")
+            h, ints = self._take_header(ch, act, act.mode)
+            self._use_ints(act, h, ints)
+        if act.stage == "ready":
+            self._pull(act)
+        if act.stage == "rows":
+            self._await_rows(act, deadline)
+            act.stage = "have"
 
-    def _request_data(self, act: _Active, resend: bool = False) -> None:
-        """Post the receives for the data of the chunk at `act.acked` (and for the header after it),
-        then pull it: on gloo the sender only sends into receives that are already posted. In a
-        pushed request only a `FLAG_PULLED` chunk is pulled; posting the receives asks for the others.
-        CUDA receivers ask first and post after: NCCL may create the pair's communicator in the
-        first data operation of each side, which blocks until the peer's first one, and the
-        sender's waits for the ask (an NCCL send waits on the GPU for its receive anyway)."""
+    def _pull(self, act: _Active) -> None:
+        """Post the receives of the answer (the chunk's rows, the next header), send the PULL."""
         ch, h = act.ch, act.header
-        act.views = views = (direct_views(self._staging, h, act.rows, act.int_block) if act.result is not None
-                             else staging_views(self._staging, h))
-        targets = views.targets
-        if h.ints_inline:  # the int section came with the header: keep it before the next header lands
-            targets = [t for t in targets if t is not views.ints]
-            if not resend:
-                views.ints.copy_(ch.header_buf[HEADER_BYTES : HEADER_BYTES + h.int_bytes].view(torch.int64))
-                self.bytes_received += h.int_bytes
-                self.payload_bytes_received += h.int_bytes
-        act.stage = "await_payload"
-        pull = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked, capacity=self.capacity_tokens,
-                       inline_bytes=self.inline_bytes)
-        next_header = False  # the next chunk's header receive goes with the data (same thread, one wake-up)
-        if act.pushed:  # the sender sent the whole request unasked (large data: when pulled)
-            if h.last and h.pulled:  # with the next request's describe (the header prefetch)
-                pull.flags = PULL_DESCRIBE_NEXT | PULL_PUSH
-                ask = partial(self._pull, ch, pull)
-            elif h.last:
-                ask = partial(self._pull, ch, self._describe_next())
-            else:
-                next_header = True
-                pull.flags = PULL_DATA_ONLY
-                ask = partial(self._send_ctrl, ch, pull) if h.pulled else None
+        if h.row_count:
+            start = h.row_offset * row_nbytes(h) if act.mode == "recv" else self._staging_ints
+            region = (act.rows_buf if act.mode == "recv" else self._staging)[start:]
+            if self._cuda:  # NCCL: exactly the count (and dtype) sent
+                region = region[: h.embed_bytes].view(CODE_DTYPES[h.embed_dtype])
+            act.region = region
+            if not self._cuda:  # see "Message lengths" in protocol.py
+                end = h.embed_bytes
+                marks = bytes([255 - h.rows_tail]) + ch.canary
+                region[end - 1 : end + 8].copy_(torch.frombuffer(bytearray(marks), dtype=torch.uint8))
+        ctrl = Control(kind=KIND_PULL, request_id=act.request_id, offset=act.acked)
+        post_rows = (lambda: ch.data_waiter.submit([(ch.link.irecv(act.region, self.data_tag), act.region)])
+                     ) if h.row_count else (lambda: [])
+        if self._ask_first:
+            ch.header = self._control(ch, ctrl, expect_header=True)[0]
+            act.data = post_rows()
         else:
-            if resend or ch.header is not None:  # the next header is here or on its way already
-                pull.flags = PULL_DATA_ONLY
-            elif h.last:
-                pull.flags = PULL_DESCRIBE_NEXT  # prefetch the next request's first header
-            ask = partial(self._pull, ch, pull, expect_header=not pull.flags & PULL_DATA_ONLY)
-        ask_first = ask is not None and self._ask_first
-        if ask_first:
-            ask()
-        items = [(self._irecv(ch, t, self.data_tag), t, t.numel() * t.element_size()) for t in targets]
-        act.payload = self._submit_data(ch, items, next_header)
-        if ask is not None and not ask_first:
-            ask()
+            act.data = post_rows()
+            ch.header = self._control(ch, ctrl, expect_header=True)[0]
+        act.stage = "rows"
 
-    def _await_payload(self, act: _Active, deadline: float) -> None:
-        """Wait for the chunk's data; a sender's refusal (ERROR header) ends the wait early."""
-        ch = act.ch
+    def _await_rows(self, act: _Active, deadline: float) -> None:
+        """Wait for the chunk's rows (a refusal of the pull ends the wait), then check their length."""
+        ch, h = act.ch, act.header
         with self._cond:
-            while not all(p.done() for p in act.payload):
+            while not all(p.done() for p in act.data):
                 if ch.header is not None and ch.header.done() and ch.header.error is None:
-                    peek = ch.parse_header(act.request_id)
-                    if peek.kind == KIND_ERROR:  # its data receives stay posted: the channel is unusable
-                        ch.broken = TransferError("sender refused a pull")
+                    words = ch.buf[:HEADER_BYTES].view(torch.int64).tolist()
+                    if words[2] == KIND_ERROR:
                         self._active = None
-                        self._take_header(ch, act.request_id, act.acked)  # raises, naming the refusal
-                left = remaining(deadline)
-                if left <= 0:
-                    raise self._timeout(act)
-                self._cond.wait(left)
-        for p in act.payload:
+                        self._take_header(ch, act, act.mode)  # raises, naming the refusal
+                if remaining(deadline) <= 0:
+                    raise self._timeout(act, "chunk data")
+                self._cond.wait(remaining(deadline))
+        for p in act.data:
             if p.error is not None:
-                ch.broken = p.error
-                self._active = None
+                ch.broken, self._active = p.error, None
                 raise TransferError(f"{req_name(act.request_id)} at token offset {act.acked}: receive from rank "
                                     f"{ch.peer} failed: {p.error}", act.request_id, "connection") from p.error
-
-    def _check_rows(self, act: _Active, ids: torch.Tensor) -> None:
-        """The chunk's `ids` must hold as many placeholders as it carries visual rows; else the
-        request is rejected (the sender's handle fails naming `row_count`)."""
-        h = act.header
-        seen = count_visual(ids, h)
-        if seen == h.row_count:
-            return
-        err = mismatch(act.request_id, "row_count", h.row_count, f"{seen} (placeholders in the chunk's ids)", act.acked)
-        ch = act.ch
-        if not h.last and act.pushed:  # the rest of the request is on its way: take it off the wire
-            self._drain_pushed(ch, None, self._deadline(None))
-        elif not h.last and ch.header is not None:  # the next chunk's header is on its way: let it land
-            wait_all([ch.header], self._deadline(None))
-            ch.header = None
-        self._reject(ch, h, err)
-        raise err
-
-    def _drain_pushed(self, ch: _Channel, h: ChunkHeader | None, deadline: float) -> None:
-        """Receive and discard what the sender pushed of a request being dropped (rejected, or
-        this side closing): from the data of chunk `h`, or (None) from the header being received,
-        to the request's last chunk, so that no send of it stays pending and the channel stays in
-        step. If that cannot be done the channel is marked broken."""
-        try:
-            while True:
-                if h is None:
-                    if ch.header is None or not wait_all([ch.header], deadline):
-                        raise TransferError("no pushed chunk header to drain within the timeout")
-                    ch.header = None
-                    h = ch.parse_header(NEXT)
-                    if h.kind != KIND_CHUNK:
-                        raise TransferError(f"header kind {h.kind} while draining")
-                sizes = [] if h.pulled else data_sizes(h)  # (a pulled chunk's data was not asked for)
-                if sum(sizes) > max(1 << 30, 4 * self.staging_nbytes):
-                    raise TransferError(f"{sum(sizes)} bytes of pushed data to drain")
-                scratch = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
-                items = [(self._irecv(ch, t, self.data_tag), t, t.numel()) for t in scratch]
-                if not wait_all(self._submit_data(ch, items, not h.last), deadline):
-                    raise TransferError("pushed chunk data not drained within the timeout")
-                if h.last:
-                    return
-                h = None
-        except Exception as e:  # noqa: BLE001 - out of step with the sender: the channel is unusable
-            ch.broken = ch.broken or e
-
-    def _submit_data(self, ch: _Channel, items: list[tuple], next_header: bool) -> list[Pending]:
-        """Hand posted data receives to the data waiter, with the receive of the next chunk's
-        header when `next_header` (same thread, one wake-up); returns the data's pendings."""
-        if next_header:
-            self._wait_posted(ch)
-            items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
-        pend = ch.data_waiter.submit_many(items)
-        if not next_header:
-            return pend
-        ch.header = pend[-1]
-        return pend[:-1]  # a copy: the waiter iterates `pend` itself
-
-    def _timeout(self, act: _Active) -> TransferTimeout:
-        what = "chunk header" if act.stage == "await_header" else "chunk data"
-        return TransferTimeout(
-            f"{req_name(act.request_id)}: no {what} at token offset {act.acked} from rank {act.ch.peer} within the "
-            f"timeout; call recv()/resume({act.request_id}) to continue", act.request_id, act.acked)
+        act.data = None
+        if h.row_count and not self._cuda:
+            end = h.embed_bytes
+            got = act.region[end - 1 : end + 8].numpy().tobytes()
+            problem = ("ended before" if got[0] != h.rows_tail else "ran past" if got[1:] != ch.canary else None)
+            if problem is not None:
+                if not h.last:  # the sender sent the next chunk's header after these rows: drop it when it lands
+                    ch.stale = act.request_id
+                err = mismatch(act.request_id, "embed_bytes", h.embed_bytes, f"the rows message's length: it "
+                               f"{problem} the {h.embed_bytes} bytes its header announces", act.acked)
+                self._reject(ch, act.request_id, err)
+                raise err
 
     def _ack(self, act: _Active) -> bool:
-        """Acknowledge the received chunk. True when the request is complete. (The next chunk's
-        data pull, sent once its header is here, carries the acknowledgement of this one.)"""
+        """Acknowledge the received chunk (the next PULL carries it). True when the request is done."""
         h = act.header
         act.acked += h.token_count
         act.rows_acked += h.row_count
-        act.chunks += 1
-        act.stage = "await_header"
+        act.stage = "header"
         if not h.last:
             return False
         self._active = None
-        self.requests_received += 1
-        if len(self._owned) > 64:  # results never recycled: forget the oldest
-            self._owned.pop(next(iter(self._owned)))
-        ch = act.ch
-        describe = ch.header is None  # next request not prefetched: final ack + describe-next in one message
-        if describe:
-            ctrl = self._describe_next(done=act)
-        else:
-            ctrl = Control(kind=KIND_ACK, request_id=act.request_id, capacity=self.capacity_tokens,
-                           done_request_id=act.request_id, done_total=act.first.total_tokens)
-        # the data waiter (idle now: all data is here) posts the final message, so recv() returns
-        # without paying for it; later control messages wait until it is posted (order)
-        t, buf = self._control_tensor(ctrl), ch.header_buf
-
-        def post() -> list[tuple]:
-            header = (self._irecv(ch, buf, self.header_tag), None, 0) if describe else None
-            sent = self._isend_ctrl(ch, t)
-            return [sent, header] if describe else [sent]
-
-        pend = ch.data_waiter.submit_posting(post, 1 + describe)
-        if describe:
-            ch.header = pend[1]
+        self._control(act.ch, Control(kind=KIND_ACK, request_id=act.request_id, total=act.acked))
         return True
 
-    def _drive_recv(self, act: _Active, deadline: float) -> EncoderOutput:
+    def _stream(self, act: _Active, timeout: float | None) -> Iterator[EncoderOutputChunk]:
         while True:
-            self._advance(act, deadline)
-            if not act.zero_copy:
-                scatter_chunk(act.views, act.header, act.result, act.rows)
-            if self._ack(act):
-                return act.result
-
-    def _stream(self, act: _Active, deadline: float) -> Iterator[EncoderOutputChunk]:
-        while True:
-            self._advance(act, deadline)
-            h, v = act.header, act.views
-            parts = split_ints(v.ints, h)
-            if parts.rope is not None:
-                act.rope.view(-1).copy_(parts.rope)
-            chunk = EncoderOutputChunk(
-                request_id=act.request_id, peer=act.ch.peer, chunk_index=act.chunks, token_offset=h.token_offset,
-                token_count=h.token_count, total_tokens=h.total_tokens, batch_size=h.batch_size,
-                seq_len=h.seq_len, input_ids=parts.ids, position_ids=parts.pos, attention_mask=parts.mask,
-                mask_dtype=None if h.mask_dtype == NONE_ID else CODE_DTYPES[h.mask_dtype], rope_deltas=act.rope,
-                visual_row_offset=h.row_offset, visual_embeds=v.visual, deepstack_visual_embeds=v.deepstack,
-                image_token_id=token_id(h.image_token_id), video_token_id=token_id(h.video_token_id),
-                is_last=h.last)
-            act.stage = "unacked"  # until the consumer comes back for more
-            yield chunk
-            act.stage = "received"
-            if self._ack(act):
+            self._advance(act, self._deadline(timeout))
+            h = act.header
+            parts = split_ints(self._staging[: h.int_bytes].view(torch.int64), h)
+            rows = (self._staging[self._staging_ints : self._staging_ints + h.embed_bytes]
+                    .view(CODE_DTYPES[h.embed_dtype]).view(h.row_count, 1 + h.num_deepstack_levels, h.hidden_size))
+            visual, deepstack = visual_rows_to_fields(rows)
+            yield EncoderOutputChunk(
+                request_id=act.request_id, peer=act.ch.peer, chunk_index=h.token_offset // self.capacity_tokens,
+                token_offset=h.token_offset, token_count=h.token_count, total_tokens=h.total_tokens,
+                batch_size=h.batch_size, seq_len=h.seq_len, input_ids=parts.ids, position_ids=parts.pos,
+                attention_mask=parts.mask, mask_dtype=None if h.mask_dtype == NONE_ID else CODE_DTYPES[h.mask_dtype],
+                rope_deltas=act.rope, visual_row_offset=h.row_offset, visual_embeds=visual,
+                deepstack_visual_embeds=deepstack, image_token_id=token_id(h.image_token_id),
+                video_token_id=token_id(h.video_token_id), is_last=h.last)
+            if self._ack(act):  # the consumer came back for more: the chunk is consumed
                 return
 
+    def _timeout(self, act: _Active, what: str) -> TransferTimeout:
+        return TransferTimeout(f"{req_name(act.request_id)}: no {what} at token offset {act.acked} from rank "
+                               f"{act.ch.peer} within the timeout; call recv()/resume({act.request_id}) to continue",
+                               act.request_id, act.acked)
+
     # ------------------------------------------------------------------ wire
-    def _pull(self, ch: _Channel, ctrl: Control, expect_header: bool = True) -> None:
-        """Post the receive of the answer's header (unless none is expected), then send `ctrl`."""
-        self._wait_posted(ch)
+    def _control(self, ch: _Channel, ctrl: Control, expect_header: bool = False) -> list[Pending]:
+        """Send `ctrl` (after posting the receive of the header that answers it, if any)."""
+        ctrl.capacity, ctrl.header_bytes = self.capacity_tokens, self.header_bytes
         items = []
         if expect_header:
-            items.append((self._irecv(ch, ch.header_buf, self.header_tag), None, 0))
-        items.append(self._post_ctrl(ch, ctrl))
-        pend = ch.header_waiter.submit_many(items)
-        if expect_header:
-            ch.header = pend[0]
-
-    def _send_ctrl(self, ch: _Channel, ctrl: Control) -> list[Pending]:
-        return ch.header_waiter.submit_many([self._post_ctrl(ch, ctrl)])
-
-    def _post_ctrl(self, ch: _Channel, ctrl: Control) -> tuple:
-        """Post the send of a control message; returns the (work, keep, nbytes) to wait for."""
-        t = self._control_tensor(ctrl)
-        self._wait_posted(ch)
-        return self._isend_ctrl(ch, t)
-
-    def _wait_posted(self, ch: _Channel) -> None:
-        """A final message being posted by the data waiter goes first (control messages and header
-        receives keep their order)."""
-        if not ch.data_waiter.posted.is_set():
-            ch.data_waiter.posted.wait(self.timeout)
-
-    def _control_tensor(self, ctrl: Control) -> torch.Tensor:
+            if ch.dirty:  # fill what the last header message covered again (see protocol.py)
+                ch.buf[: ch.dirty].view(torch.int64).fill_(ch.fill)
+                ch.dirty = 0
+            items.append((ch.link.irecv(ch.buf, self.header_tag), ch.buf))
+        t = ctrl.to_tensor()
+        items.append((ch.link.isend(t, self.ctrl_tag), t))
         self.ctrl_bytes_sent += CONTROL_WORDS * 8
-        return ctrl.to_tensor()
-
-    def _isend_ctrl(self, ch: _Channel, t: torch.Tensor) -> tuple:
-        return ch.link.isend(t, self.ctrl_tag), t, 0
-
-    def _irecv(self, ch: _Channel, t: torch.Tensor, tag: int):
-        return ch.link.irecv(t, tag)
+        return ch.header_waiter.submit(items)
 
 
 __all__ = ["EncoderOutputReceiver", "EncoderOutputChunk"]
