@@ -9,7 +9,7 @@ import sys
 def test_bench_transfer_reports_every_table_and_exact_wire_bytes(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_qwen3_deepstack.bench", "transfer", "--sizes", "64K,1M", "--rounds", "1",
+        [sys.executable, "-m", "hf_qwen3_deepstack.bench", "transfer", "--sizes", "64KiB,1MiB", "--rounds", "1",
          "--latency-iters", "5", "--bytes-per-point", "1e6", "--out", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -29,11 +29,13 @@ import time
 
 import torch
 
-DEFAULT_SIZES = "64K,256K,1M,4M,8M,16M,64M"
+from hf_qwen3_deepstack.cli_values import parse_size
+
+DEFAULT_SIZES = "64KiB,256KiB,1MiB,4MiB,8MiB,16MiB,64MiB"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="payload sizes, e.g. 64K,1M,64M")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="payload sizes, e.g. 64KiB,1MiB,64MiB (KB/MB: powers of 1000)")
     parser.add_argument("--hidden-size", type=int, default=2048, help="H (2048: Qwen3-VL-30B-A3B)")
     parser.add_argument("--deepstack-levels", type=int, default=3, help="K")
     parser.add_argument("--bytes-per-point", type=float, default=768e6,
@@ -44,12 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="rendezvous port (0: pick a free one)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu: 2 gloo ranks; cuda: 2 ranks on GPUs 0 and 1, data over NCCL")
-
-
-def _parse_size(s: str) -> int:
-    s = s.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1], 1)
-    return int(float(s[:-1] if s[-1] in "KMG" else s) * mult)
 
 
 def _fmt_size(n: int) -> str:
@@ -472,7 +468,7 @@ def main(args: argparse.Namespace) -> int:
     if args.device == "cuda" and torch.cuda.device_count() < 2:
         raise SystemExit(f"[bench transfer] --device cuda needs 2 GPUs (NCCL refuses two ranks on one GPU); "
                          f"this host has {torch.cuda.device_count()}")
-    cfg = dict(sizes=[_parse_size(s) for s in args.sizes.split(",")], hidden=args.hidden_size,
+    cfg = dict(sizes=[parse_size(s) for s in args.sizes.split(",")], hidden=args.hidden_size,
                levels=args.deepstack_levels, budget=args.bytes_per_point, latency_iters=args.latency_iters,
                rounds=args.rounds, device=args.device)
     ctx = mp.get_context("spawn")
