@@ -77,3 +77,47 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if "default" in help_text.lower() or action.required or action.default is None:
             return help_text
         return super()._get_help_string(action)
+
+
+# --- typed option dataclasses <-> command-line flags -------------------------------------------------
+def option(default, help: str):
+    """A dataclass field that is also a `--flag` (see `add_option_arguments`)."""
+    import dataclasses
+
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def add_option_arguments(group, options_class, *, required: tuple[str, ...] = ()) -> None:
+    """One `--name` per field of `options_class` (bool fields are switches); the help shows the default."""
+    import dataclasses
+
+    for f in dataclasses.fields(options_class):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if f.type == "bool":
+            group.add_argument(flag, action="store_true", help=help_text)
+            continue
+        kind = {"int": int, "float": float}.get(f.type, str)
+        shown = "" if f.default is None else " (default: %(default)s)"
+        group.add_argument(flag, type=kind, default=f.default, required=f.name in required, help=help_text + shown)
+
+
+def options_from_args(options_class, args: argparse.Namespace):
+    import dataclasses
+
+    return options_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options_class)})
+
+
+def options_argv(options) -> list[str]:
+    """The flags that reproduce `options` (a dataclass made of `option` fields)."""
+    import dataclasses
+
+    out: list[str] = []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            out += [flag] if value else []
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
