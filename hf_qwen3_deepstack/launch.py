@@ -178,7 +178,7 @@ def run_rank(opts, serve=None) -> int:
                 model = resolve_model(None)
         else:
             model = opts.model
-        if roles.is_lm_leader or roles.rank == 0:  # a bad path or an unreachable Hub: say so, in seconds
+        if roles.rank == 0:  # a bad path or an unreachable Hub: one rank says so, in seconds
             from hf_qwen3_deepstack.hub.source import locate_checkpoint
 
             for spec in {s for s in (opts.model, opts.encoder_model, opts.lm_model) if s}:

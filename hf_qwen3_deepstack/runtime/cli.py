@@ -34,6 +34,7 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
     from hf_qwen3_deepstack.launch import EXIT_REQUESTS_FAILED
 
     from .models import resolve_model
+    from .roles import Roles
 
     try:
         args.check()
@@ -88,7 +89,7 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
                 how = f"stopped on {_signal_name(failure.exitcode - 128)}"
             else:
                 how = f"failed with exit code {failure.exitcode}"
-            lines.append(f"rank {rank} ({_role(rank, args)}) {how}")
+            lines.append(f"rank {rank} ({Roles(rank, nproc, args.encoders, args.lms).describe(rank)}) {how}")
         print(f"{PREFIX} job failed: " + "; ".join(lines) + ". The other ranks were stopped.",
               file=sys.stderr, flush=True)
         return 1
@@ -113,10 +114,6 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
-
-
-def _role(rank: int, args) -> str:
-    return f"encoder {rank}" if rank < args.encoders else f"language {rank - args.encoders}"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -200,6 +200,10 @@ class LanguageReplica:
         self.handled += 1
         faults.maybe_die(self.rank, self.handled)
         self.streamed.pop(result["index"], None)
+        self.deliver(result)
+
+    def deliver(self, result: dict[str, Any]) -> None:
+        """Hand a finished request's result to the leader."""
         messages.send({"kind": "result", "result": result}, self.ctx.roles.lm_leader, self.ctx.groups.ctrl)
 
     def report_tokens(self, index: int, token_ids: list[int]) -> None:
@@ -233,10 +237,7 @@ class LeaderReplica(LanguageReplica):
         else:
             messages.send(msg, dst, self.ctx.groups.ctrl)
 
-    def report(self, result: dict[str, Any]) -> None:
-        self.handled += 1
-        faults.maybe_die(self.rank, self.handled)
-        self.streamed.pop(result["index"], None)
+    def deliver(self, result: dict[str, Any]) -> None:
         self.dispatcher.on_result(self.rank, result)
 
     def report_tokens(self, index: int, token_ids: list[int]) -> None:

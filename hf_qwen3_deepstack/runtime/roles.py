@@ -66,9 +66,7 @@ class Roles:
 
     @property
     def role_name(self) -> str:
-        if self.is_encoder:
-            return f"encoder {self.rank}"
-        return f"language {self.rank - self.num_encoders}" + (" (leader)" if self.is_lm_leader else "")
+        return self.describe(self.rank) + (" (leader)" if self.is_lm_leader else "")
 
     def describe(self, rank: int) -> str:
         """Role of any global rank, e.g. 'encoder 0' or 'language 1'."""
