@@ -6,28 +6,15 @@ Running from split repos never asks to trust remote code: the runtime uses its o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_runtime_token_parity import REPO, _img, _msg, _txt, monolithic_greedy, runtime_env
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Do you wish to run the custom code"
-
-
-def _msg(*items):
-    return [{"role": "user", "content": list(items)}]
-
-
-def _img(p):
-    return {"type": "image", "image": str(p)}
-
-
-def _txt(t):
-    return {"type": "text", "text": t}
 
 
 def dense_requests(images: list[Path]) -> list[dict]:
@@ -44,10 +31,7 @@ def dense_requests(images: list[Path]) -> list[dict]:
 
 
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "hf_qwen3_deepstack.cli", "run", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "hf_qwen3_deepstack.cli", "run", *args], cwd=REPO, env=runtime_env(),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
@@ -69,14 +53,10 @@ def dense_setup(sample_images, tmp_path_factory):
         processor = load_processor(ckpt)
         model = Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
         expected = {}
-        with torch.inference_mode():
-            for r in rows:
-                inputs = processor.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True,
-                                                       return_dict=True, return_tensors="pt")
-                out = model.generate(**inputs, max_new_tokens=r["max_new_tokens"], do_sample=False)
-                visual = torch.isin(inputs["input_ids"], torch.tensor([processor.image_token_id,
-                                                                       processor.video_token_id]))
-                expected[r["id"]] = (out[0, inputs["input_ids"].shape[1]:].tolist(), int(visual.sum()))
+        for r in rows:
+            tokens, inputs = monolithic_greedy(model, processor, r["messages"], r["max_new_tokens"])
+            visual = torch.isin(inputs["input_ids"], torch.tensor([processor.image_token_id, processor.video_token_id]))
+            expected[r["id"]] = (tokens, int(visual.sum()))
         assert expected["text-only"][1] == 0 and all(expected[k][1] > 0 for k in expected if k != "text-only")
         setups[head] = (ckpt, expected)
     return requests, setups

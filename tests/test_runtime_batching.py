@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from test_runtime_token_parity import read_jsonl, run_runtime, runtime_env, write_jsonl
+from test_runtime_token_parity import monolithic_greedy, read_jsonl, run_runtime, runtime_env, write_jsonl
 
 
 def _msg(*items):
@@ -34,13 +34,7 @@ def staggered(tiny_checkpoint_dir, sample_images, tmp_path_factory):
             for i in range(8)]
     processor = load_processor(tiny_checkpoint_dir)
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(tiny_checkpoint_dir, dtype=torch.float32).eval()
-    expected = {}
-    with torch.inference_mode():
-        for r in rows:
-            inputs = processor.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt")
-            out = model.generate(**inputs, max_new_tokens=r["max_new_tokens"], do_sample=False)
-            expected[r["id"]] = out[0, inputs["input_ids"].shape[1]:].tolist()
+    expected = {r["id"]: monolithic_greedy(model, processor, r["messages"], r["max_new_tokens"])[0] for r in rows}
     return write_jsonl(tmp_path_factory.mktemp("staggered") / "requests.jsonl", rows), expected
 
 

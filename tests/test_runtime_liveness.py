@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runtime_token_parity import REPO, read_jsonl, run_runtime, runtime_env, write_jsonl
+from test_runtime_token_parity import REPO, rank_pids, read_jsonl, run_runtime, runtime_env, write_jsonl
 
 
 def _requests(sample_images, tmp_path: Path, n: int, new_tokens: int) -> Path:
@@ -20,25 +20,6 @@ def _requests(sample_images, tmp_path: Path, n: int, new_tokens: int) -> Path:
         {"type": "image", "image": str(sample_images[0])}, {"type": "text", "text": f"request {i}"}]}],
         "max_new_tokens": new_tokens} for i in range(n)]
     return write_jsonl(tmp_path / "requests.jsonl", rows)
-
-
-def _rank_pids(root: int) -> dict[int, int]:
-    """Global rank -> pid of the rank processes below `root` (read from /proc, Linux)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"hf_qwen3_deepstack.launch" not in cmd:
-            continue
-        values = dict(v.split(b"=", 1) for v in env if b"=" in v)
-        if values.get(b"HF_QWEN3_DEEPSTACK_TEST_ROOT") == str(root).encode() and b"RANK" in values:
-            found[int(values[b"RANK"])] = int(entry.name)
-    return found
 
 
 @pytest.mark.parametrize("stopped,role", [(0, "encoder 0"), (1, "language 0")])
@@ -62,7 +43,7 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_naming_it(tiny_checkpoin
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        pids = _rank_pids(int(marker))
+        pids = rank_pids(marker)
         assert set(pids) == {0, 1}, pids
         os.kill(pids[stopped], signal.SIGSTOP)
         t0 = time.monotonic()

@@ -52,6 +52,33 @@ def parity_requests(images: list[Path]) -> list[dict]:
 DEFAULT_MAX_NEW = 7
 
 
+def monolithic_greedy(model, processor, messages: list[dict], max_new_tokens: int) -> tuple[list[int], dict]:
+    """transformers' own greedy tokens for `messages` (the reference), and the processor's inputs."""
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1]:].tolist(), inputs
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """Global rank -> pid of the rank processes started with HF_QWEN3_DEEPSTACK_TEST_ROOT=marker (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        values = dict(v.split(b"=", 1) for v in env if b"=" in v)
+        if (b"hf_qwen3_deepstack.launch" in cmd and values.get(b"HF_QWEN3_DEEPSTACK_TEST_ROOT") == marker.encode()
+                and b"RANK" in values):
+            found[int(values[b"RANK"])] = int(entry.name)
+    return found
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -95,13 +122,9 @@ def parity_setup(tiny_checkpoint_dir, sample_images, tmp_path_factory):
     processor = load_processor(tiny_checkpoint_dir)
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(tiny_checkpoint_dir, dtype=torch.float32).eval()
     expected = {}
-    with torch.inference_mode():
-        for r in rows:
-            inputs = processor.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True, return_tensors="pt")
-            out = model.generate(**inputs, max_new_tokens=r.get("max_new_tokens", DEFAULT_MAX_NEW), do_sample=False)
-            n = inputs["input_ids"].shape[1]
-            expected[r["id"]] = {"token_ids": out[0, n:].tolist(), "prompt_tokens": n,
+    for r in rows:
+        tokens, inputs = monolithic_greedy(model, processor, r["messages"], r.get("max_new_tokens", DEFAULT_MAX_NEW))
+        expected[r["id"]] = {"token_ids": tokens, "prompt_tokens": inputs["input_ids"].shape[1],
                                  "visual_tokens": int(torch.isin(inputs["input_ids"], torch.tensor(
                                      [processor.image_token_id, processor.video_token_id])).sum())}
     # the requests must exercise what they claim to

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 import torch
-from test_runtime_token_parity import REPO, runtime_env
+from test_runtime_token_parity import REPO, monolithic_greedy, rank_pids, runtime_env
 
 KEY = "test-key"
 
@@ -94,11 +94,7 @@ def reference(tiny_checkpoint_dir):
         ours = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else [
             {"type": "image", "image": p["image_url"]["url"]} if p["type"] == "image_url" else p
             for p in m["content"]]} for m in messages]
-        inputs = processor.apply_chat_template(ours, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                               return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return monolithic_greedy(model, processor, ours, max_new_tokens)[0]
 
     return generate
 
@@ -255,18 +251,10 @@ def test_two_encoders_serve_and_a_killed_language_rank_ends_the_server(tiny_chec
             messages = _chat(sample_images[i], "Which one?")
             assert client.chat.completions.create(model="any", messages=messages, max_tokens=6).choices[
                 0].model_extra["token_ids"] == reference(messages, 6)
-        pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_rank(p, s.port, 2))
-        os.kill(pid, signal.SIGKILL)
+        os.kill(rank_pids(str(s.port))[2], signal.SIGKILL)
         assert s.proc.wait(timeout=60) != 0
         log = s.log.read_text()
         assert "rank 2 (language 0) failed with signal SIGKILL" in log, log[-3000:]
     finally:
         s.stop()
 
-
-def _is_rank(proc_dir: Path, port: int, rank: int) -> bool:
-    try:
-        env = dict(v.split(b"=", 1) for v in (proc_dir / "environ").read_bytes().split(b"\0") if b"=" in v)
-    except OSError:
-        return False
-    return env.get(b"HF_QWEN3_DEEPSTACK_TEST_ROOT") == str(port).encode() and env.get(b"RANK") == str(rank).encode()
