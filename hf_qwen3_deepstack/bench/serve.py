@@ -83,13 +83,14 @@ class Monolithic:
     def __init__(self, model: str, dtype: str, threads: int):
         import torch
 
+        from hf_qwen3_deepstack.runtime.batching import eos_ids
         from hf_qwen3_deepstack.runtime.models import load_monolithic, resolve_dtype
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(threads or cores)
         self.processor, self.model = load_monolithic(model, resolve_dtype(dtype, torch.device("cpu")),
                                                      torch.device("cpu"))
-        self.eos = set(_as_list(self.model.generation_config.eos_token_id))
+        self.eos = eos_ids(self.model)
 
     def run(self, rows: list[dict], batch: int) -> dict:
         import torch
@@ -169,10 +170,6 @@ def _figures(wall: float, ids: dict, ttft: list[float], latency: list[float], ba
             "ttft_p50_s": percentile(ttft, 50), "ttft_p95_s": percentile(ttft, 95),
             "latency_p50_s": percentile(latency, 50), "latency_p95_s": percentile(latency, 95),
             "mean_batch": batch_mean, "token_ids": ids}
-
-
-def _as_list(v) -> list:
-    return [] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -66,14 +66,13 @@ class BatchStats:
 
 
 class ContinuousBatch:
-    def __init__(self, model, tokenizer, *, max_batch_size: int, max_batch_tokens: int,
-                 eos_token_ids: set[int] | None = None):
+    def __init__(self, model, tokenizer, *, max_batch_size: int, max_batch_tokens: int):
         self.model = model
         self.tokenizer = tokenizer
         self.device = model.device
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.eos = set(eos_token_ids if eos_token_ids is not None else _eos_ids(model))
+        self.eos = eos_ids(model)
         self.seqs: list[Sequence] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # (B, L) long, 0 at left padding
@@ -205,7 +204,8 @@ class ContinuousBatch:
         return seqs
 
 
-def _eos_ids(model) -> set[int]:
+def eos_ids(model) -> set[int]:
+    """The token ids that end generation, as `generate` reads them."""
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = model.config.get_text_config().eos_token_id

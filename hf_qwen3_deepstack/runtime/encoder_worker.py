@@ -52,9 +52,9 @@ def run_encoder(ctx) -> None:
                                 name="prompt-preparer", daemon=True)
     preparer.start()
     leader = roles.lm_leader
-    handled = batches = 0
-    ctx.batch_sizes = []
-    ctx.vision_cache = VisionCache(opts.encoder_cache_mb << 20) if opts.encoder_cache_mb else None
+    handled = 0
+    batch_sizes: list[int] = []
+    cache = VisionCache(opts.encoder_cache_mb << 20) if opts.encoder_cache_mb else None
     stopping = False
     while not stopping:
         items = [ready.get()]
@@ -77,39 +77,40 @@ def run_encoder(ctx) -> None:
         while todo:
             batch, todo = _next_batch(todo, opts.encoder_batch_patches, opts.encoder_batch_requests)
             faults.maybe_delay(roles.rank)
-            report = _encode_and_send(ctx, encoder, batch, outbox, handled)
+            report = _encode_and_send(ctx, encoder, cache, batch, outbox, handled)
             if report["ok"]:
                 messages.send({"kind": "encoded", "items": report["ok"], **report["cache"]}, leader, groups.ctrl)
             for index, error in report["failed"]:
                 messages.send({"kind": "failed", "index": index, "error": error, "status": 500}, leader, groups.ctrl)
             handled += len(batch)
-            batches += 1
-            ctx.batch_sizes.append(len(batch))
+            batch_sizes.append(len(batch))
         outbox.reap()
     preparer.join()
     outbox.close()  # returns once each language rank closed its receiver
-    ctx.stats = {"encoded": handled, "vision_batches": batches,
-                 "mean_vision_batch": sum(ctx.batch_sizes) / len(ctx.batch_sizes) if ctx.batch_sizes else 0.0}
-    messages.send({"kind": "stopped", "stats": ctx.stats}, leader, groups.ctrl)
+    stats = {"encoded": handled, "vision_batches": len(batch_sizes),
+             "mean_vision_batch": sum(batch_sizes) / len(batch_sizes) if batch_sizes else 0.0}
+    messages.send({"kind": "stopped", "stats": stats}, leader, groups.ctrl)
     ctx.log_done(handled)
 
 
 def _next_batch(items: list[Prepared], budget: int, max_requests: int) -> tuple[list[Prepared], list[Prepared]]:
-    batch: list[Prepared] = []
+    """The longest prefix of `items` within the patch budget and request count (at least one item)."""
+    patches = 0
     for i, item in enumerate(items):
-        if batch and (sum(b.patches for b in batch) + item.patches > budget or len(batch) >= max_requests):
-            return batch, items[i:]
-        batch.append(item)
-    return batch, []
+        patches += item.patches
+        if i and (patches > budget or i >= max_requests):
+            return items[:i], items[i:]
+    return items, []
 
 
-def _encode_and_send(ctx, encoder, batch: list[Prepared], outbox: Outbox, handled: int) -> dict[str, list]:
+def _encode_and_send(ctx, encoder, cache: VisionCache | None, batch: list[Prepared], outbox: Outbox,
+                     handled: int) -> dict[str, Any]:
     """Encode `batch` in one vision call (one by one if that fails, so a bad request fails alone)."""
     t0 = time.perf_counter()
     hits = misses = 0
     try:
         with torch.inference_mode():
-            outs, hits, misses = encode_batch(encoder, [b.inputs for b in batch], ctx.vision_cache)
+            outs, hits, misses = encode_batch(encoder, [b.inputs for b in batch], cache)
         results: list[Any] = list(outs)
     except Exception:
         results = []

@@ -50,7 +50,7 @@ class LanguageReplica:
                            events=events)
         self.expected: dict[int, Expected] = {}
         self.landed: dict[int, Arrival] = {}
-        self.waiting: deque[tuple[Sequence, Arrival]] = deque()
+        self.waiting: deque[Sequence] = deque()  # payload here, not yet admitted (`origin`: its Arrival)
         self.streamed: dict[int, int] = {}  # streamed request -> tokens reported so far
         self.cancelled: set[int] = set()  # cancelled before their payload landed
         self.handled = 0
@@ -99,7 +99,7 @@ class LanguageReplica:
 
     def cancel(self, index: int) -> None:
         """Free a request's slot: out of the batch at once, or dropped when its payload lands."""
-        for i, (seq, _) in enumerate(self.waiting):
+        for i, seq in enumerate(self.waiting):
             if seq.index == index:
                 del self.waiting[i]
                 self.report(self.cancelled_result(index))
@@ -127,14 +127,14 @@ class LanguageReplica:
             except Exception as e:
                 self.report(self.error_result(index, f"invalid payload: {type(e).__name__}: {e}"))
                 return
-            self.waiting.append((seq, arrival))
+            self.waiting.append(seq)
 
     # --- one scheduling round ----------------------------------------------------------------------
     def round(self) -> None:
         faults.maybe_delay(self.rank)
         finished: list[Sequence] = []
-        joining: list[tuple[Sequence, Arrival]] = []
-        while self.waiting and self.batch.fits([s for s, _ in joining], self.waiting[0][0]):
+        joining: list[Sequence] = []
+        while self.waiting and self.batch.fits(joining, self.waiting[0]):
             joining.append(self.waiting.popleft())
         if joining:
             finished += self._admit(joining)
@@ -151,15 +151,14 @@ class LanguageReplica:
                 self.report_tokens(index, seq.tokens[sent:])
                 self.streamed[index] = len(seq.tokens)
         for seq in finished:
-            self.streamed.pop(seq.index, None)
             self.report(self.cancelled_result(seq.index) if seq.finish_reason == "cancelled" else self.ok_result(seq))
 
-    def _admit(self, joining: list[tuple[Sequence, Arrival]]) -> list[Sequence]:
+    def _admit(self, joining: list[Sequence]) -> list[Sequence]:
         try:
-            return self.batch.admit([(s, a.output) for s, a in joining])
+            return self.batch.admit([(s, s.origin.output) for s in joining])
         except Exception as e:
             if len(joining) == 1:
-                seq = joining[0][0]
+                seq = joining[0]
                 self.ctx.log(f"request {seq.index}: prefill failed: {type(e).__name__}: {e}")
                 self.report(self.error_result(seq.index, f"generation failed: {type(e).__name__}: {e}"))
                 return []
