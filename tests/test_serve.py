@@ -221,23 +221,27 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(server, sample_image
 
     def ask(i: int) -> None:
         try:
-            replies[i] = server.client().chat.completions.create(model="any", messages=messages[i], max_tokens=20)
+            replies[i] = server.client().chat.completions.create(model="any", messages=messages[i], max_tokens=40)
         except Exception as e:  # noqa: BLE001 - recorded and asserted below
             replies[i] = e
 
+    received, ok = server.metric("requests_received_total"), server.metric("requests_total", '{outcome="ok"}')
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while server.metric("requests_in_flight") + server.metric("queue_depth") < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The signal goes once all six are accepted; one that arrived after it would rightly get 503.
+    while server.metric("requests_received_total") < received + 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.metric("requests_received_total") == received + 6
+    assert server.metric("requests_total", '{outcome="ok"}') < ok + 6, "all six ended before the signal was sent"
     os.killpg(server.proc.pid, signal.SIGTERM)
     for t in threads:
         t.join(timeout=120)
     assert server.proc.wait(timeout=120) is not None
     for i in range(6):
         assert not isinstance(replies.get(i), Exception), replies.get(i)
-        assert replies[i].choices[0].model_extra["token_ids"] == reference(messages[i], 20)
+        assert replies[i].choices[0].model_extra["token_ids"] == reference(messages[i], 40)
     log = server.log.read_text()
     assert "finishing those in flight" in log and "Traceback" not in log
 

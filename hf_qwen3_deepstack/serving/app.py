@@ -90,6 +90,7 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
         if not gateway.accepting:
             return error(503, "the server is shutting down", "server_error")
         pending = gateway.submit(chat)
+        metrics.received.inc()
         if chat.stream:
             return EventSourceResponse(_stream(pending, chat.include_usage), ping=15)
         return await _complete(request, pending)

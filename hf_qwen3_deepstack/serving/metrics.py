@@ -11,6 +11,7 @@ PREFIX = "hf_qwen3_deepstack_"
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.received = Counter(PREFIX + "requests_received", "requests accepted for generation", registry=r)
         self.requests = Counter(PREFIX + "requests", "finished requests by outcome", ["outcome"], registry=r)
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.generated_tokens = Counter(PREFIX + "generation_tokens", "tokens generated", registry=r)
