@@ -16,7 +16,7 @@ import torch
 from . import faults, messages
 from .channel import Outbox
 from .encoder_batching import VisionCache, encode_batch, patch_count
-from .models import build_prompt, load_encoder, max_positions
+from .models import build_prompt, load_encoder, max_positions, warm_up_encoder
 from .requests import check_local_files
 
 
@@ -40,6 +40,7 @@ class Prepared:
 def run_encoder(ctx) -> None:
     roles, groups, opts = ctx.roles, ctx.groups, ctx.options
     processor, encoder = load_encoder(ctx.model, ctx.dtype, ctx.device)
+    warm_up_encoder(processor, encoder)
     max_pos = max_positions(ctx.lm_model)
     outbox = Outbox(roles.lm_ranks, lambda lm: groups.data_for(roles.rank, lm), timeout_s=opts.timeout)
     events: queue.Queue = queue.Queue()
