@@ -152,3 +152,32 @@ def test_vision_cache_skips_the_tower_for_items_seen_again_with_the_same_outputs
     with torch.inference_mode():
         _, hits, misses = encode_batch(encoder, prompts[:1], tiny)
     assert (hits, misses, tiny.bytes) == (0, 1, 0)
+
+
+def test_stop_strings_found_from_the_tail_match_a_search_of_the_whole_text(tiny_checkpoint_dir):
+    """Checked after every token, as the batch does: the tail-only search finds the same stop, at the
+    same place, as searching the whole decoded text, including stop strings made of multi-byte
+    characters split across tokens and texts with special tokens in between."""
+    from transformers import AutoTokenizer
+
+    from hf_qwen3_deepstack.runtime.sampling import find_stop, stop_index
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint_dir)
+    special = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text = ("The quick brown fox jumps over the lazy dog. " * 6 + "日本語のテキスト🙂🙂 and   spaces\n\nnew "
+            "paragraph, END of text 終わり🙂.")
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    with_specials = [t for n, t in enumerate(ids) for t in ((t, special) if n % 3 == 0 else (t,))]
+    checked = 0
+    for tokens in (ids, with_specials):
+        for stop in (("END",), ("終わり",), ("🙂.",), ("語のテ", "lazy dog. The quick"), ("  spaces\n\nnew",),
+                     ("quick",), ("not in the text",), ("🙂", "x" * 40)):
+            for n in range(1, len(tokens) + 1):
+                expected = find_stop(tokenizer.decode(tokens[:n], skip_special_tokens=True), stop)
+                assert stop_index(tokenizer, tokens[:n], stop) == expected, (stop, n)
+                checked += 1
+                if expected is not None:
+                    break
+            else:
+                assert stop == ("not in the text",), stop
+    assert checked > 500

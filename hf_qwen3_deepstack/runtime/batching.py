@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from hf_qwen3_deepstack.encoder_output import EncoderOutput, placeholder_mask
 
-from .sampling import SamplingParams, TokenChooser, find_stop
+from .sampling import SamplingParams, TokenChooser, stop_index
 
 
 @dataclass
@@ -157,7 +157,7 @@ class ContinuousBatch:
         seq.tokens.append(token)
         if token in self.eos:
             seq.finish_reason = "stop"
-        elif seq.params.stop and (cut := find_stop(self.text(seq, strip=False), seq.params.stop)) is not None:
+        elif seq.params.stop and (cut := stop_index(self.tokenizer, seq.tokens, seq.params.stop)) is not None:
             seq.finish_reason, seq.text_end = "stop", cut
         elif len(seq.tokens) >= seq.params.max_new_tokens:
             seq.finish_reason = "length"

@@ -126,3 +126,24 @@ def find_stop(text: str, stop: tuple[str, ...]) -> int | None:
     """Index in `text` where the earliest stop string starts, or None."""
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]
     return min(hits) if hits else None
+
+
+# A new token can also rewrite up to this many characters before it: an incomplete UTF-8 sequence
+# that decoded as U+FFFD turns into the character it completes.
+_REWRITTEN_CHARS = 4
+
+
+def stop_index(tokenizer, tokens: list[int], stop: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string starts in the decoded `tokens`, or None; called after each new
+    token of a sequence that had no stop string before it. A newly complete stop string overlaps the
+    newest token's text, so only a tail of tokens is decoded each step (constant work, not the whole
+    text); the whole text is decoded only on a hit, to place the cut."""
+    reach = max(map(len, stop)) + _REWRITTEN_CHARS
+    tail_tokens = tokens[-reach:]
+    tail = tokenizer.decode(tail_tokens, skip_special_tokens=True)
+    newest = tokenizer.decode(tokens[-1:], skip_special_tokens=True)
+    if len(tail_tokens) < len(tokens) and len(tail) < len(newest) + reach + _REWRITTEN_CHARS:
+        tail = None  # the tail is mostly empty (special) tokens: it may not reach back far enough
+    if tail is not None and find_stop(tail, stop) is None:
+        return None
+    return find_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop)
