@@ -2,7 +2,57 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+import warnings
+
+import psutil
 import pytest
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_configure(config):
+    # Rank processes whose launcher a timed-out test killed are re-parented to pytest, not to init,
+    # so that `_no_stray_processes` can find and stop them.
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_stray_processes():
+    """Processes a module's tests left running (the ranks of a torchrun that timed out) are killed at
+    the module's end, so they cannot load the cores under the tests after it."""
+    yield
+    strays = [p for p in psutil.Process().children(recursive=True) if _stray(p)]
+    names = "; ".join(" ".join(_cmdline(p))[:120] for p in strays)
+    for p in strays:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for p in strays:
+        try:
+            os.waitpid(p.pid, 0)  # adopted orphans are ours to reap
+        except ChildProcessError:
+            pass  # a direct child: its Popen reaps it
+    if strays:
+        warnings.warn(f"killed {len(strays)} process(es) left running: {names}")
+
+
+def _stray(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
 
 
 @pytest.fixture(scope="session")
