@@ -129,6 +129,37 @@ def test_serial_dispatch_holds_one_request_in_the_system():
     assert [x for x in sent if x[0] == "expect"] == [("expect", 0, 1), ("expect", 1, 2)]  # and spread over both
 
 
+def test_serial_gap_tells_the_idle_leader_when_the_next_request_may_go(monkeypatch):
+    import hf_qwen3_deepstack.runtime.dispatch as dispatch
+
+    now = [100.0]
+    monkeypatch.setattr(dispatch.time, "perf_counter", lambda: now[0])
+    sent = []
+    d = Dispatcher([0], [1], DispatchLimits(encoder_slots=8, lm_slots=8, serial=True, serial_gap_s=0.25),
+                   lambda msg, dst: sent.append((msg["kind"], msg["index"])), lambda req, line: None)
+    assert d.next_dispatch_in() == float("inf")  # nothing queued: only an event can wake the leader
+    for i in range(2):
+        d.submit(_request(i, 3))
+    d.dispatch()
+    assert d.next_dispatch_in() == float("inf")  # request 0 in the system: its result wakes the leader
+    now[0] = 100.5
+    d.on_encoded(0, [{"index": 0, "encode_s": 0.1, "sent_at": 0.0}])
+    d.on_result(1, {"index": 0, "error": "x"})
+    assert d.next_dispatch_in() == 0.0  # the gap since request 0 went out has passed
+    d.dispatch()
+    assert ("assign", 1) in sent
+    d.submit(_request(2, 3))
+    d.on_encoded(0, [{"index": 1, "encode_s": 0.1, "sent_at": 0.0}])
+    d.on_result(1, {"index": 1, "error": "x"})
+    now[0] = 100.6
+    assert d.next_dispatch_in() == pytest.approx(0.15)  # 0.25 s after request 1 went out at 100.5
+    d.dispatch()
+    assert ("assign", 2) not in sent
+    now[0] = 100.75
+    d.dispatch()
+    assert ("assign", 2) in sent
+
+
 @pytest.mark.parametrize("backend", ["gloo", "nccl"])
 def test_every_encoder_language_pair_gets_a_data_group_of_its_own_on_nccl(monkeypatch, backend):
     """With CUDA each pair's payloads go over a 2-rank cpu:gloo,cuda:nccl group (one NCCL stream

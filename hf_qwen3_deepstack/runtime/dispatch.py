@@ -11,6 +11,7 @@ replica is told to `drop` it); replicas report each `result`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,6 +70,12 @@ class Dispatcher:
 
     def submit(self, request: Request, arrival: float | None = None) -> None:
         self.pending.append(Record(request, time.time() if arrival is None else arrival))
+
+    def next_dispatch_in(self) -> float:
+        """Seconds until a queued request may go with no other event: the rest of a serial gap, or inf."""
+        if not (self.limits.serial and self.pending and not self.records):
+            return math.inf
+        return max(0.0, self._last_dispatch + self.limits.serial_gap_s - time.perf_counter())
 
     def dispatch(self) -> None:
         while self.pending:

@@ -57,10 +57,10 @@ class LanguageReplica:
         self.stop_requested = False
 
     # --- inputs ------------------------------------------------------------------------------------
-    def take_events(self, block: bool) -> None:
-        """Handle every queued event; with `block`, first wait (bounded) for one."""
+    def take_events(self, block: bool, wait_s: float = IDLE_WAIT_S) -> None:
+        """Handle every queued event; with `block`, first wait (at most `wait_s`) for one."""
         try:
-            event = self.events.get(timeout=IDLE_WAIT_S) if block else self.events.get_nowait()
+            event = self.events.get(timeout=wait_s) if block else self.events.get_nowait()
         except queue.Empty:
             return
         while True:
@@ -278,7 +278,8 @@ class LeaderReplica(LanguageReplica):
             self.sink.beat(self)
             if finished():
                 break
-            self.take_events(block=self.idle)  # queued requests wait for an event (a free slot) anyway
+            # Queued requests wait for an event (a free slot), or for the end of a --serial-gap-ms.
+            self.take_events(block=self.idle, wait_s=min(IDLE_WAIT_S, self.dispatcher.next_dispatch_in()))
         for rank in range(roles.world_size):
             if rank != roles.rank:
                 messages.send({"kind": "stop"}, rank, self.ctx.groups.ctrl)
