@@ -76,6 +76,37 @@ def test_batch_respects_its_size_and_token_limits(setup):
     assert not tight.fits([seqs[0]], seqs[1])
 
 
+def test_the_padded_kv_cache_never_holds_more_token_slots_than_the_budget(setup):
+    """One long request among short ones: with a left-padded cache every row is as long as the
+    longest, so admission must count B x the longest, not the sum of the sequences' own lengths."""
+    rows, _, encoded, _, _, tokenizer, lm = setup
+    long_i = max(range(len(rows)), key=lambda i: encoded[i].seq_len)
+    short_i = min(range(len(rows)), key=lambda i: encoded[i].seq_len)
+    long_reserved = encoded[long_i].seq_len + 40
+    short_reserved = encoded[short_i].seq_len + 3
+    assert long_reserved > 2 * short_reserved  # the sum of lengths would let far more in
+    budget = 3 * long_reserved
+    batch = ContinuousBatch(lm, tokenizer, max_batch_size=16, max_batch_tokens=budget)
+    queue = [(long_i, SamplingParams(40))] + [(short_i, SamplingParams(3))] * 8
+    peak, most = 0, 0
+    while queue or len(batch):
+        joining: list = []
+        while queue:
+            seq = batch.new_sequence(queue[0][0], queue[0][1], encoded[queue[0][0]])
+            if not batch.fits([s for s, _ in joining], seq):
+                break
+            joining.append((seq, encoded[queue.pop(0)[0]]))
+        if joining:
+            batch.admit(joining)
+        most = max(most, len(batch))
+        peak = max(peak, batch.cache_tokens)
+        if len(batch):
+            batch.step()
+            peak = max(peak, batch.cache_tokens)
+    assert most == 3  # the long one and two short ones, then more short ones as room frees up
+    assert 0 < peak <= budget
+
+
 def test_seeded_request_samples_the_same_tokens_alone_and_in_a_batch(setup):
     rows, _, encoded, _, _, tokenizer, lm = setup
     sampled = SamplingParams(12, temperature=0.9, top_p=0.95, top_k=50, seed=1234)

@@ -83,16 +83,19 @@ class ContinuousBatch:
         return len(self.seqs)
 
     @property
-    def reserved_tokens(self) -> int:
-        return sum(s.reserved_tokens for s in self.seqs)
+    def cache_tokens(self) -> int:
+        """Token slots per layer the KV cache holds now: B rows of the (left-padded) longest."""
+        return 0 if self.mask is None else int(self.mask.numel())
 
     def fits(self, pending: list[Sequence], seq: Sequence) -> bool:
-        """Whether `seq` may join now, with `pending` already chosen to join. A sequence alone always fits."""
-        count = len(self.seqs) + len(pending)
-        if count == 0:
+        """Whether `seq` may join now, with `pending` already chosen to join. A sequence alone always fits.
+        The cache is left-padded, so every row is as long as the longest sequence: B sequences can
+        come to hold B x (the largest prompt + max_new_tokens) token slots, and that is what must fit."""
+        joining = [*self.seqs, *pending, seq]
+        if len(joining) == 1:
             return True
-        tokens = self.reserved_tokens + sum(s.reserved_tokens for s in pending) + seq.reserved_tokens
-        return count < self.max_batch_size and tokens <= self.max_batch_tokens
+        slots = len(joining) * max(s.reserved_tokens for s in joining)
+        return len(joining) <= self.max_batch_size and slots <= self.max_batch_tokens
 
     def new_sequence(self, index: int, params: SamplingParams, out: EncoderOutput, origin: Any = None) -> Sequence:
         if out.batch_size != 1:

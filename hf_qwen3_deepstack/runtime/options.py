@@ -25,9 +25,9 @@ class RuntimeOptions:
     max_new_tokens: int = option(32, "new tokens for requests without their own max_new_tokens")
     dtype: str = option("auto", "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16")
     max_batch_size: int = option(32, "sequences a language rank decodes together (continuous batching)")
-    max_batch_tokens: int = option(65536, "KV-cache budget of a language rank, in tokens: each running sequence "
-                                        "reserves its prompt plus its max_new_tokens (a request larger than this "
-                                        "still runs, alone)")
+    max_batch_tokens: int = option(65536, "KV-cache budget of a language rank, in token slots: the cache is "
+                                        "left-padded, so B running sequences take B x the largest prompt + "
+                                        "max_new_tokens among them (a request larger than this still runs, alone)")
     encoder_batch_patches: int = option(16384, "vision-tower patches an encoder rank encodes in one call (several "
                                              "requests' images and videos)")
     encoder_batch_requests: int = option(16, "requests an encoder rank encodes in one vision-tower call")
