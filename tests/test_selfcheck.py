@@ -96,6 +96,19 @@ def test_selfcheck_on_cpu_passes_every_check_and_reports_its_figures(tmp_path):
     assert parity["fp32 cpu: image"]["values"]["expected_tokens"] == out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
+def test_selfcheck_of_the_dense_family_checks_a_dense_checkpoint_against_qwen3vl(tmp_path):
+    proc, report = run_selfcheck(tmp_path, "--device", "cpu", "--family", "dense", "--checks", "parity,runtime",
+                                 "--workdir", str(tmp_path / "work"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert report["family"] == "dense" and report["ok"] is True
+    parity = rows(report, "parity")
+    assert sorted(parity) == sorted(f"fp32 cpu: {p}" for p in PROMPTS)
+    assert all(r["status"] == "pass" and r["values"]["tokens_equal"] for r in parity.values())
+    assert rows(report, "runtime")["1E+1L cpu, fp32"]["values"]["tokens_equal"] is True
+    config = json.loads((tmp_path / "work" / "tiny-dense" / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl"  # the oracle was Qwen3VLForConditionalGeneration
+
+
 def _sample_order(path: Path):
     from hf_qwen3_deepstack.tiny_checkpoint.build import NUM_SAMPLE_FRAMES, SAMPLE_IMAGES
 

@@ -10,7 +10,7 @@ import sys
 from .options import CHECK_GROUPS, FAULT_ENV, SelfcheckOptions
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
-SUPPORTED_FAMILIES = ("moe",)  # the checks take the family as a parameter; only the MoE default is checked
+SUPPORTED_FAMILIES = ("moe", "dense")  # keys of hf_qwen3_deepstack.families.FAMILIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checks", default=",".join(CHECK_GROUPS),
                         help="comma-separated check groups to run (environment always runs)")
     parser.add_argument("--family", choices=SUPPORTED_FAMILIES, default="moe",
-                        help="model family of the tiny checkpoints (moe: Qwen3-VL-MoE)")
+                        help="model family of the tiny checkpoints (moe: Qwen3-VL-MoE, dense: Qwen3-VL)")
     parser.add_argument("--workdir", metavar="DIR", default=None,
                         help="where the tiny checkpoint, images and runtime files are written and kept (None: a "
                              "temp dir, removed at the end)")
