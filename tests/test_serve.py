@@ -163,9 +163,10 @@ def test_a_re_sent_image_is_served_from_the_encoder_cache_with_the_same_tokens(s
 
 @pytest.mark.parametrize("case", ["malformed-json", "unknown-part-type", "undecodable-image", "too-many-images",
                                   "prompt-too-long", "body-too-large", "bad-temperature", "unknown-role"])
-def test_bad_input_is_a_400_and_the_server_keeps_serving(server, sample_images, case):
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_bad_input_is_a_400_and_the_server_keeps_serving(server, sample_images, case, stream):
     good = _chat(sample_images[0], "hi")
-    body: object = {"model": "any", "messages": good}
+    body: object = {"model": "any", "messages": good, "stream": stream}
     if case == "unknown-part-type":
         body["messages"] = [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "x"}}]}]
     elif case == "undecodable-image":

@@ -91,24 +91,39 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
             return error(503, "the server is shutting down", "server_error")
         pending = gateway.submit(chat)
         metrics.received.inc()
+        # The first update decides the status, streamed or not: a request that the encoder refuses (an
+        # undecodable image, a prompt too long) gets its 400 instead of a 200 stream that then fails.
+        first = await _next_update(request, pending)
+        if first is None:
+            return Response(status_code=499)
+        if first[0] == "result" and "error" in first[1]:
+            return _failed(first[1])
         if chat.stream:
-            return EventSourceResponse(_stream(pending, chat.include_usage), ping=15)
-        return await _complete(request, pending)
+            return EventSourceResponse(_stream(pending, chat.include_usage, first), ping=15)
+        return await _complete(request, pending, first)
 
-    async def _complete(request: Request, pending: Pending):
+    async def _next_update(request: Request, pending: Pending) -> tuple[str, Any] | None:
+        """The request's next update, or None once the client has gone (its slot is then freed)."""
         while True:
             try:
-                kind, payload = await asyncio.wait_for(pending.updates.get(), timeout=1.0)
+                return await asyncio.wait_for(pending.updates.get(), timeout=1.0)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     gateway.cancel(pending.request.index)
-                    return Response(status_code=499)
-                continue
-            if kind == "result":
-                break
+                    return None
+
+    def _failed(result: dict[str, Any]) -> JSONResponse:
+        status = result.get("status", 500)
+        return error(status, result["error"], "invalid_request_error" if status == 400 else "server_error")
+
+    async def _complete(request: Request, pending: Pending, update: tuple[str, Any]):
+        while update[0] != "result":
+            update = await _next_update(request, pending)
+            if update is None:
+                return Response(status_code=499)
+        payload = update[1]
         if "error" in payload:
-            return error(payload.get("status", 500), payload["error"],
-                         "invalid_request_error" if payload.get("status") == 400 else "server_error")
+            return _failed(payload)
         return {
             "id": pending.request.id, "object": "chat.completion", "created": int(time.time()),
             "model": settings.model_name,
@@ -118,7 +133,7 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
             "usage": _usage(payload),
         }
 
-    async def _stream(pending: Pending, include_usage: bool):
+    async def _stream(pending: Pending, include_usage: bool, first: tuple[str, Any]):
         chunk = {"id": pending.request.id, "object": "chat.completion.chunk", "created": int(time.time()),
                  "model": settings.model_name}
         stops = pending.request.params.stop
@@ -129,8 +144,8 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
         try:
             yield json.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                     "finish_reason": None}]})
+            kind, payload = first
             while True:
-                kind, payload = await pending.updates.get()
                 if kind == "tokens":
                     ids += payload
                     text = decode(ids)
@@ -141,6 +156,7 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
                     sent += delta
                     yield json.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": delta},
                                                             "finish_reason": None, "token_ids": payload}]})
+                    kind, payload = await pending.updates.get()
                     continue
                 finished = True
                 if "error" in payload:
