@@ -249,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     if serve:
         from hf_qwen3_deepstack.serving.options import ServeOptions
 
-        return run_rank(opts, ServeOptions.from_args(args))
+        serve_opts = ServeOptions.from_args(args)
+        try:
+            serve_opts.check()
+        except ValueError as e:
+            parser.error(str(e))
+        return run_rank(opts, serve_opts)
     return run_rank(opts)
 
 

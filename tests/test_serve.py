@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import torch
 from test_runtime_token_parity import REPO, monolithic_greedy, rank_pids, runtime_env
@@ -67,7 +68,13 @@ class Server:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            ranks = psutil.Process(self.proc.pid).children(recursive=True)  # the agent runs them in sessions of their own
             os.killpg(self.proc.pid, signal.SIGKILL)
+            for rank in ranks:
+                try:
+                    rank.kill()
+                except psutil.NoSuchProcess:
+                    pass
             self.proc.wait()
 
 
@@ -102,7 +109,7 @@ def reference(tiny_checkpoint_dir):
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint_dir, tmp_path_factory):
     s = Server(tiny_checkpoint_dir, tmp_path_factory.mktemp("serve"), 1, "--api-key", KEY, "--max-media-items", "3",
-               "--max-body-mb", "1")
+               "--max-body-mb", "1", "--media-fetch-timeout", "3")
     yield s
     s.stop()
 
@@ -190,6 +197,64 @@ def test_bad_input_is_a_400_and_the_server_keeps_serving(server, sample_images, 
     assert err["type"] == "invalid_request_error" and err["message"]
     ok = server.client().chat.completions.create(model="any", messages=good, max_tokens=2)
     assert len(ok.choices[0].model_extra["token_ids"]) >= 1
+
+
+@pytest.fixture(scope="module")
+def media_host(sample_images):
+    """An HTTP server with the sample images, and a TCP port that accepts and never answers."""
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    files = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(sample_images[0].parent)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(silent.accept()[0]) for _ in range(8)], daemon=True).start()
+    yield f"http://127.0.0.1:{files.server_address[1]}", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    files.shutdown()
+    for c in held:
+        c.close()
+    silent.close()
+
+
+def test_http_images_are_fetched_by_the_server_and_a_silent_host_delays_only_its_own_request(
+        server, sample_images, media_host, reference):
+    files, silent = media_host
+    client = server.client()
+    by_url = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"{files}/{sample_images[1].name}"}},
+                                           {"type": "text", "text": "What is it?"}]}]
+    r = client.chat.completions.create(model="any", messages=by_url, max_tokens=5)
+    assert r.choices[0].model_extra["token_ids"] == reference(_chat(sample_images[1], "What is it?"), 5)
+
+    stalled: dict[str, object] = {}
+
+    def ask_silent() -> None:
+        t0 = time.monotonic()
+        stalled["response"] = httpx.post(server.base + "/v1/chat/completions", timeout=60, headers={
+            "Authorization": f"Bearer {KEY}"}, json={"model": "any", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": f"{silent}/never.png"}}]}]})
+        stalled["seconds"] = time.monotonic() - t0
+
+    waiting = threading.Thread(target=ask_silent)
+    waiting.start()
+    time.sleep(0.3)
+    good = client.chat.completions.create(model="any", messages=_chat(sample_images[0], "Quick."), max_tokens=3)
+    assert "response" not in stalled  # served while the silent host still had the other request waiting
+    assert good.choices[0].model_extra["token_ids"] == reference(_chat(sample_images[0], "Quick."), 3)
+    waiting.join(timeout=60)
+    response = stalled["response"]
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "messages[0].content[0].image_url.url"
+    assert "within 3 s" in response.json()["error"]["message"] and stalled["seconds"] < 10
+    missing = httpx.post(server.base + "/v1/chat/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
+                         json={"model": "any", "messages": [{"role": "user", "content": [
+                             {"type": "image_url", "image_url": {"url": f"{files}/no-such.png"}}]}]})
+    assert missing.status_code == 400 and "HTTP 404" in missing.json()["error"]["message"]
 
 
 def test_a_request_without_the_api_key_is_refused(server):

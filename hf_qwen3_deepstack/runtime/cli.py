@@ -38,6 +38,8 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
 
     try:
         args.check()
+        if serve is not None:
+            serve.check()
     except ValueError as e:
         print(f"{PREFIX} {e}", file=sys.stderr)
         return 2

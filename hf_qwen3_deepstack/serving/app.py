@@ -24,6 +24,7 @@ from sse_starlette.sse import EventSourceResponse
 from .gateway import Gateway, Pending
 from .metrics import Metrics
 from .openai_schema import BadRequest, MediaPolicy, parse_chat_request
+from .remote_media import inline_remote_media
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ApiSettings:
     max_body_bytes: int
     media: MediaPolicy
     default_max_tokens: int
+    media_fetch_timeout_s: float  # all http(s) media of one request, fetched by the server
     health_within_s: float  # /health fails when the leader's loop has not turned for this long
 
 
@@ -85,6 +87,7 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
             return error(400, f"the body is not valid JSON: {e}")
         try:
             chat = parse_chat_request(body, settings.media, settings.default_max_tokens)
+            await inline_remote_media(chat.messages, settings.media_fetch_timeout_s, settings.max_body_bytes)
         except BadRequest as e:
             return error(400, str(e), param=e.param)
         if not gateway.accepting:

@@ -2,7 +2,8 @@
 checked field by field: every problem is a `BadRequest` naming the field (HTTP 400).
 
 Content items: `text`; `image_url` (`{"url": ...}` or a string) with a `data:` base64 URL, an
-http(s) URL, or a `file://` URL / local path under an allowed root; `video` (this server's
+http(s) URL (fetched afterwards, by `remote_media`), or a `file://` URL / local path under an
+allowed root; `video` (this server's
 extension, as in the request files: a list of frame URLs or paths, same rules).
 """
 
