@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import uuid
@@ -63,6 +64,12 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
         import logging
 
         logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    signals = {}
+    if serve is not None:
+        from hf_qwen3_deepstack.serving.drain import ELASTIC_SIGNALS, DrainOnSignal
+
+        if "signals_to_handle" in {f.name for f in dataclasses.fields(LaunchConfig)}:  # torch >= 2.8
+            signals["signals_to_handle"] = ELASTIC_SIGNALS  # SIGTERM and SIGINT drain the server instead
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -73,11 +80,17 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
+        **signals,
     )
     mode = ["serve", *serve.argv()] if serve is not None else ["run"]
     cmd_args = ["-u", "-c", _BOOTSTRAP, *mode, *args.argv()]
+    drain = DrainOnSignal(leader_rank=args.encoders) if serve is not None else None
     try:
-        elastic_launch(config, sys.executable)(*cmd_args)
+        if drain is None:
+            elastic_launch(config, sys.executable)(*cmd_args)
+        else:
+            with drain:
+                elastic_launch(config, sys.executable)(*cmd_args)
     except ChildFailedError as e:
         if any(f.exitcode == EXIT_REQUESTS_FAILED for f in e.failures.values()):  # the leader's verdict, after every line was written
             print(f"{PREFIX} some requests failed: see their error lines (exit status {EXIT_REQUESTS_FAILED})",
@@ -92,6 +105,9 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
             else:
                 how = f"failed with exit code {failure.exitcode}"
             lines.append(f"rank {rank} ({Roles(rank, nproc, args.encoders, args.lms).describe(rank)}) {how}")
+        if drain is not None and drain.received:  # asked to stop (before the server was up, or a second time)
+            print(f"{PREFIX} stopped by a signal: " + "; ".join(lines), file=sys.stderr, flush=True)
+            return 130
         print(f"{PREFIX} job failed: " + "; ".join(lines) + ". The other ranks were stopped.",
               file=sys.stderr, flush=True)
         return 1
