@@ -139,7 +139,9 @@ def main(args: argparse.Namespace) -> int:
     rates = [float(r) for r in args.rates.split(",") if r]
     servers = [s for s in args.servers.split(",") if s in ("ours", "transformers")]
     workdir = Path(tempfile.mkdtemp(prefix="bench-online-"))
-    chats = _workload(workdir, args.requests_per_rate)
+    n = args.requests_per_rate
+    chats = _workload(workdir, n * len(rates) + 4)  # different images for every request: no cache hits
+    warm_up, per_rate = chats[-4:], [chats[k * n:(k + 1) * n] for k in range(len(rates))]
     print(f"{PREFIX} model {model}; rates {rates} requests/s; {args.requests_per_rate} streamed requests per rate, "
           f"{args.max_tokens} new tokens; servers {servers}", flush=True)
     figures: dict[str, list[dict]] = {}
@@ -148,11 +150,11 @@ def main(args: argparse.Namespace) -> int:
         proc, base = _start(kind, model, log)
         try:
             _wait_ready(proc, base, log)
-            asyncio.run(_run_rate(base, model, chats[:4], rates[0], args.max_tokens))  # warm-up
+            asyncio.run(_run_rate(base, model, warm_up, rates[0], args.max_tokens))
             figures[kind] = []
-            for rate in rates:
+            for rate, rate_chats in zip(rates, per_rate):
                 print(f"{PREFIX} {kind}: {rate:g} requests/s...", flush=True)
-                figures[kind].append(asyncio.run(_run_rate(base, model, chats, rate, args.max_tokens)))
+                figures[kind].append(asyncio.run(_run_rate(base, model, rate_chats, rate, args.max_tokens)))
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

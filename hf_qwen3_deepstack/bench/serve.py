@@ -49,25 +49,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="also draw throughput and TTFT per mode into this PNG")
 
 
+SIZES = ((64, 64), (96, 64), (128, 96), (160, 128))  # (width, height) of the workload's images
+
+
 def write_workload(workdir: Path, n: int) -> list[dict]:
-    """Mixed requests: images of several sizes, two-image prompts, text only; 4-24 new tokens."""
+    """Mixed requests: images of several sizes, two-image prompts, text only; 4-24 new tokens. Every
+    image is a different one, so no encoder cache can answer for the vision tower."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    images = {}
-    for w, h in ((64, 64), (96, 64), (128, 96), (160, 128)):
-        p = workdir / f"img_{w}x{h}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
-        images[(w, h)] = str(p)
-    sizes = list(images.values())
+
+    def image(i: int, size: tuple[int, int], slot: str) -> str:
+        path = workdir / f"img_{i}{slot}_{size[0]}x{size[1]}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        return str(path)
+
     rows = []
     for i in range(n):
         kind = i % 5
         if kind in (0, 1, 2):
-            content = [{"type": "image", "image": sizes[i % len(sizes)]}]
+            content = [{"type": "image", "image": image(i, SIZES[i % len(SIZES)], "")}]
         elif kind == 3:
-            content = [{"type": "image", "image": sizes[i % 2]}, {"type": "image", "image": sizes[2 + i % 2]}]
+            content = [{"type": "image", "image": image(i, SIZES[i % 2], "a")},
+                       {"type": "image", "image": image(i, SIZES[2 + i % 2], "b")}]
         else:
             content = []
         content.append({"type": "text", "text": f"Request {i}: " + "describe what you see. " * (1 + i % 3)})
