@@ -212,3 +212,41 @@ def test_stop_strings_found_from_the_tail_match_a_search_of_the_whole_text(tiny_
             else:
                 assert stop == ("not in the text",), stop
     assert checked > 500
+
+
+def test_prompts_prepared_together_equal_each_prompt_prepared_alone(setup, tiny_checkpoint_dir, tmp_path,
+                                                                   monkeypatch):
+    """The encoder's batched processor call: images, several images and text only go through one call
+    (video prompts alone), each equal to its prompt prepared alone; a request whose image cannot be
+    decoded fails alone, and the others are still prepared exactly."""
+    from hf_qwen3_deepstack.runtime import prompt_batching
+    from hf_qwen3_deepstack.tiny_checkpoint.video import load_processor
+
+    rows, prompts, _, _, _, _, _ = setup
+    processor = load_processor(tiny_checkpoint_dir)
+    conversations = [r["messages"] for r in rows]
+    kinds = {p["type"] for c in conversations for m in c if isinstance(m["content"], list) for p in m["content"]}
+    assert kinds == {"image", "video", "text"} and sum("pixel_values" in p for p in prompts) >= 3
+    alone_calls = []
+
+    def counted(proc, conversation):
+        alone_calls.append(conversation)
+        return build_prompt(proc, conversation)
+
+    monkeypatch.setattr(prompt_batching, "build_prompt", counted)
+
+    def check(together):
+        for alone, batched in zip(prompts, together):
+            assert set(alone) == set(batched)
+            for key in alone:
+                assert alone[key].dtype == batched[key].dtype and torch.equal(alone[key], batched[key]), key
+
+    check(prompt_batching.build_prompts(processor, conversations))
+    assert alone_calls == [c for c in conversations if prompt_batching._has_video(c)]  # the rest went together
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad = [{"role": "user", "content": [{"type": "image", "image": str(broken)}, {"type": "text", "text": "?"}]}]
+    together = prompt_batching.build_prompts(processor, conversations[:2] + [bad] + conversations[2:])
+    assert isinstance(together.pop(2), Exception)
+    check(together)

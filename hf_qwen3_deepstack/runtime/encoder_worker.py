@@ -1,7 +1,8 @@
 """Encoder rank: processor + vision tower. Takes the requests the leader assigns, builds their
-prompts on a preparation thread (overlapping the vision tower's current batch), encodes the ready
-ones in one vision-tower call bounded by a patch budget, and sends each `EncoderOutput` to the
-language rank the leader chose, without waiting for it to be received."""
+prompts on a preparation thread (overlapping the vision tower's current batch; the requests waiting
+together go through the processor in one call), encodes the ready ones in one vision-tower call
+bounded by a patch budget, and sends each `EncoderOutput` to the language rank the leader chose,
+without waiting for it to be received."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 from . import faults, messages
 from .channel import Outbox
 from .encoder_batching import VisionCache, encode_batch, patch_count
-from .models import build_prompt, load_encoder, max_positions, warm_up_encoder
+from .models import load_encoder, max_positions, warm_up_encoder
+from .prompt_batching import build_prompts
 from .requests import check_local_files
 
 
@@ -139,37 +141,59 @@ def _encode_and_send(ctx, encoder, cache: VisionCache | None, batch: list[Prepar
 
 
 def _prepare_loop(ctx, events: queue.Queue, processor, max_pos: int | None, ready: queue.Queue) -> None:
-    """Assignments -> processor outputs (or errors), in assignment order; None after `stop`."""
-    while True:
+    """Assignments -> processor outputs (or errors); None after `stop`. The assignments waiting
+    together (up to --encoder-batch-requests) go through the processor in one call."""
+    stop = False
+    while not stop:
+        group: list[dict[str, Any]] = []
         event = events.get()
-        if event[0] == "error":
-            ctx.die(event[1])
-        _, src, msg = event
-        kind = msg["kind"]
-        if kind == "stop":
-            ready.put(None)
-            return
-        if kind != "assign":
-            ctx.die(f"unexpected {kind!r} message from rank {src}")
-        ready.put(_prepare(ctx, msg, processor, max_pos))
+        while True:
+            if event[0] == "error":
+                ctx.die(event[1])
+            _, src, msg = event
+            if msg["kind"] == "stop":
+                stop = True
+                break
+            if msg["kind"] != "assign":
+                ctx.die(f"unexpected {msg['kind']!r} message from rank {src}")
+            group.append(msg)
+            if len(group) >= ctx.options.encoder_batch_requests:
+                break
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                break
+        for item in _prepare(ctx, group, processor, max_pos):
+            ready.put(item)
+    ready.put(None)
 
 
-def _prepare(ctx, msg: dict[str, Any], processor, max_pos: int | None) -> Prepared:
+def _prepare(ctx, group: list[dict[str, Any]], processor, max_pos: int | None) -> list[Prepared]:
     started = time.perf_counter()
-    index, lm = int(msg["index"]), int(msg["lm"])
-    try:
-        check_local_files(msg["messages"])
+    out, todo = [], []
+    for msg in group:
         try:
-            inputs = build_prompt(processor, msg["messages"])
-        except Exception as e:
-            raise RequestError(f"could not build the prompt: {type(e).__name__}: {e}") from e
-        prompt_len = int(inputs["input_ids"].shape[1])
-        new_tokens = int(msg["max_new_tokens"])
+            check_local_files(msg["messages"])
+            todo.append(msg)
+        except FileNotFoundError as e:
+            out.append(_failed(ctx, msg, str(e), started))
+    for msg, inputs in zip(todo, build_prompts(processor, [m["messages"] for m in todo])):
+        if isinstance(inputs, Exception):
+            out.append(_failed(ctx, msg, f"could not build the prompt: {type(inputs).__name__}: {inputs}", started))
+            continue
+        prompt_len, new_tokens = int(inputs["input_ids"].shape[1]), int(msg["max_new_tokens"])
         if max_pos is not None and prompt_len + new_tokens > max_pos:
-            raise RequestError(f"request too long: {prompt_len} prompt tokens + {new_tokens} new tokens exceed the "
-                               f"model's {max_pos} positions")
-        return Prepared(index, lm, inputs.to(ctx.device), started)
-    except Exception as e:  # a bad request: report it, keep going
-        error = str(e) if isinstance(e, (RequestError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
-        ctx.log(f"request {msg.get('id', index)!r}: {error}")
-        return Prepared(index, lm, None, started, error=error)
+            out.append(_failed(ctx, msg, f"request too long: {prompt_len} prompt tokens + {new_tokens} new tokens "
+                                         f"exceed the model's {max_pos} positions", started))
+            continue
+        try:
+            out.append(Prepared(int(msg["index"]), int(msg["lm"]), inputs.to(ctx.device), started))
+        except Exception as e:  # noqa: BLE001 - this request fails, the encoder goes on
+            out.append(_failed(ctx, msg, f"{type(e).__name__}: {e}", started))
+    return out
+
+
+def _failed(ctx, msg: dict[str, Any], error: str, started: float) -> Prepared:
+    """A bad request: reported to the leader, and the encoder goes on."""
+    ctx.log(f"request {msg.get('id', msg['index'])!r}: {error}")
+    return Prepared(int(msg["index"]), int(msg["lm"]), None, started, error=error)
