@@ -87,18 +87,20 @@ def option(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def add_option_arguments(group, options_class, *, required: tuple[str, ...] = ()) -> None:
-    """One `--name` per field of `options_class` (bool fields are switches); the help shows the default."""
+def add_option_arguments(group, options_class, *, required: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> None:
+    """One `--name` per field of `options_class` (bool fields are switches); the help shows the default.
+    `hidden` fields are still accepted but left out of --help."""
+    import argparse
     import dataclasses
 
     for f in dataclasses.fields(options_class):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
+        help_text = argparse.SUPPRESS if f.name in hidden else f.metadata["help"]
         if f.type == "bool":
             group.add_argument(flag, action="store_true", help=help_text)
             continue
         kind = {"int": int, "float": float}.get(f.type, str)
-        shown = "" if f.default is None else " (default: %(default)s)"
+        shown = "" if f.default is None or f.name in hidden else " (default: %(default)s)"
         group.add_argument(flag, type=kind, default=f.default, required=f.name in required, help=help_text + shown)
 
 

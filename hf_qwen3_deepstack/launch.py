@@ -223,7 +223,7 @@ def build_parser(serve: bool = False) -> argparse.ArgumentParser:
 
     prog = "torchrun --nproc-per-node E+L -m hf_qwen3_deepstack.launch" + (" serve" if serve else "")
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_runtime_arguments(parser, requests_required=not serve)
+    add_runtime_arguments(parser, serving=serve)
     if serve:
         from hf_qwen3_deepstack.serving.options import add_serve_arguments
 

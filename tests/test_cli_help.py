@@ -33,3 +33,15 @@ def test_help_output_shows_defaults(capsys):
     assert done.value.code == 0
     assert "(default: 5GB)" in out and "(default: auto)" in out and "default: the repo's main branch" in out
     assert "ENCODER_REPO and the language-model folder to LM_REPO" in out
+
+
+def test_serve_help_leaves_out_the_options_of_a_requests_file(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--max-batch-size" in out and "--api-key" in out and "--media-fetch-timeout" in out
+    for run_only in ("--requests", "--output", "--print-results", "--summary-json"):
+        assert run_only not in out, run_only
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "--summary-json" in capsys.readouterr().out

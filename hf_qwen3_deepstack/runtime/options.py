@@ -68,9 +68,12 @@ class RuntimeOptions:
         return options_argv(self)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, *, requests_required: bool = True) -> None:
+RUN_ONLY = ("requests", "output", "print_results", "summary_json")  # a requests file's options, not serve's
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, serving: bool = False) -> None:
     add_option_arguments(parser.add_argument_group("runtime"), RuntimeOptions,
-                         required=("requests",) if requests_required else ())
+                         required=() if serving else ("requests",), hidden=RUN_ONLY if serving else ())
 
 
 def needs_default_model(opts: RuntimeOptions | argparse.Namespace) -> bool:

@@ -12,7 +12,7 @@ from .options import ServeOptions, add_serve_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_runtime_arguments(parser, requests_required=False)
+    add_runtime_arguments(parser, serving=True)
     add_serve_arguments(parser)
 
 
