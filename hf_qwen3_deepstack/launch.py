@@ -85,6 +85,7 @@ class Context:
     dtype: Any
     lm_model: str  # the language half's checkpoint (its config bounds the prompt length)
     serve: Any = None  # ServeOptions when serving over HTTP
+    heartbeat: Any = None  # this rank's Heartbeat (the server's /health reads the peers' from it)
     failed_requests: int = 0  # set by the language leader
 
     def on_stop_signal(self, drain) -> None:
@@ -185,7 +186,7 @@ def run_rank(opts, serve=None) -> int:
                 locate_checkpoint(spec)
         encoder_model, lm_model = opts.encoder_model or model, opts.lm_model or model
         ctx = Context(opts, roles, groups, encoder_model if roles.is_encoder else lm_model, device,
-                      resolve_dtype(opts.dtype, device), lm_model, serve)
+                      resolve_dtype(opts.dtype, device), lm_model, serve, heartbeat)
         if roles.is_encoder:
             from hf_qwen3_deepstack.runtime.encoder_worker import run_encoder
 

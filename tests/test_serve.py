@@ -78,6 +78,16 @@ class Server:
             self.proc.wait()
 
 
+def _health_until(server: Server, status: int, within_s: float) -> httpx.Response:
+    deadline = time.monotonic() + within_s
+    while True:
+        r = httpx.get(server.base + "/health", timeout=5)
+        if r.status_code == status or time.monotonic() > deadline:
+            assert r.status_code == status, (r.status_code, r.text)
+            return r
+        time.sleep(0.25)
+
+
 def _data_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -322,7 +332,15 @@ def test_two_encoders_serve_and_a_killed_language_rank_ends_the_server(tiny_chec
             messages = _chat(sample_images[i], "Which one?")
             assert client.chat.completions.create(model="any", messages=messages, max_tokens=6).choices[
                 0].model_extra["token_ids"] == reference(messages, 6)
-        os.kill(rank_pids(str(s.port))[2], signal.SIGKILL)
+        pids = rank_pids(str(s.port))
+        os.kill(pids[0], signal.SIGSTOP)  # a hung encoder: /health names it, long before the job's --timeout 20
+        try:
+            health = _health_until(s, 503, within_s=15)
+            assert "no heartbeat from rank 0 (encoder 0)" in health.json()["error"]["message"], health.text
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+        _health_until(s, 200, within_s=15)
+        os.kill(pids[2], signal.SIGKILL)
         assert s.proc.wait(timeout=60) != 0
         log = s.log.read_text()
         assert "rank 2 (language 0) failed with signal SIGKILL" in log, log[-3000:]

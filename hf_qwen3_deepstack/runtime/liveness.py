@@ -26,6 +26,7 @@ class Heartbeat:
         self.timeout_s = timeout_s
         self.interval = min(2.0, max(0.1, timeout_s / 10))
         self.on_silent = on_silent  # (rank, seconds silent); expected not to return
+        self._seen: dict[int, tuple[int, float]] = {}  # rank -> (counter, when it last moved)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -41,8 +42,13 @@ class Heartbeat:
     def _beat(self) -> None:
         self.store.add(KEY.format(self.rank), 1)
 
+    def silent_peers(self, longer_than_s: float) -> dict[int, float]:
+        """Peers whose counter has not moved for more than `longer_than_s`: rank -> seconds silent."""
+        now = time.monotonic()
+        return {peer: now - moved for peer, (_, moved) in list(self._seen.items()) if now - moved > longer_than_s}
+
     def _run(self) -> None:
-        seen: dict[int, tuple[int, float]] = {}  # rank -> (counter, when it last moved)
+        seen = self._seen
         while not self._stop.wait(self.interval):
             self._beat()
             now = time.monotonic()

@@ -60,8 +60,9 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
 
     @app.get("/health")
     async def health():
-        if not gateway.healthy(settings.health_within_s):
-            return error(503, "the runtime is not making progress", "server_error")
+        problem = gateway.health_problem(settings.health_within_s)
+        if problem:
+            return error(503, problem, "server_error")
         return {"status": "ok", "accepting": gateway.accepting}
 
     @app.get("/metrics")

@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class Gateway:
         self.events = events  # the leader's event queue
         self.accepting = True
         self.loop_beat = time.monotonic()  # the leader's loop bumps this every round
+        self.silent_ranks: Callable[[], dict[str, float]] = dict  # rank name -> seconds without a heartbeat
         self._ids = itertools.count()
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
@@ -52,8 +54,15 @@ class Gateway:
         if known:
             self.events.put(("cancel", index))
 
-    def healthy(self, within_s: float) -> bool:
-        return time.monotonic() - self.loop_beat < within_s
+    def health_problem(self, within_s: float) -> str | None:
+        """Why the server is unhealthy (the leader's loop stalled, or a rank silent), or None."""
+        stalled = time.monotonic() - self.loop_beat
+        if stalled >= within_s:
+            return f"the runtime is not making progress (the scheduling loop stalled for {stalled:.0f} s)"
+        silent = self.silent_ranks()
+        if silent:
+            return "no heartbeat from " + ", ".join(f"{who} for {s:.0f} s" for who, s in silent.items())
+        return None
 
     # --- leader side ----------------------------------------------------------------------------------
     def tokens(self, index: int, token_ids: list[int]) -> None:

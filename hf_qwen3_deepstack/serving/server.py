@@ -47,6 +47,10 @@ class HttpSink:
             default_max_tokens=opts.max_new_tokens, media_fetch_timeout_s=serve.media_fetch_timeout,
             health_within_s=max(10.0, opts.timeout),
         )
+        heartbeat, roles = self.ctx.heartbeat, self.ctx.roles
+        if heartbeat is not None:  # a rank silent for three beats is reported long before the job stops
+            self.gateway.silent_ranks = lambda: {f"rank {r} ({roles.describe(r)})": s for r, s in
+                                                 heartbeat.silent_peers(3 * heartbeat.interval).items()}
         app = build_app(self.gateway, self.metrics, settings, replica.batch.tokenizer)
         config = uvicorn.Config(app, host=serve.host, port=serve.port, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
