@@ -1,8 +1,9 @@
 """`hf-qwen3-deepstack serve` driven by the official `openai` client, on loopback: greedy tokens equal
 transformers' monolithic `generate`, streamed or not; concurrent requests are batched; the
 encoder's cache serves a re-sent image; bad input is a 400 and the server keeps serving; the API
-key is enforced; a client that leaves mid-stream frees its slot; SIGTERM finishes what is in
-flight; a killed language rank ends the server with a message naming it."""
+key is enforced; http(s) images are fetched by the server and a silent host fails only its own
+request; a client that leaves mid-stream frees its slot; SIGTERM finishes what is in flight; a hung
+rank makes /health fail naming it; a killed language rank ends the server with a message naming it."""
 
 from __future__ import annotations
 
@@ -323,7 +324,7 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(server, sample_image
     assert "SIGTERM: draining" in log and "finishing those in flight" in log and "Traceback" not in log
 
 
-def test_two_encoders_serve_and_a_killed_language_rank_ends_the_server(tiny_checkpoint_dir, tmp_path, sample_images,
+def test_two_encoders_serve_a_hung_rank_fails_health_and_a_killed_one_ends_the_server(tiny_checkpoint_dir, tmp_path, sample_images,
                                                                        reference):
     s = Server(tiny_checkpoint_dir, tmp_path, 2)
     try:
