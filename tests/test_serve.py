@@ -324,8 +324,8 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(server, sample_image
     assert "SIGTERM: draining" in log and "finishing those in flight" in log and "Traceback" not in log
 
 
-def test_two_encoders_serve_a_hung_rank_fails_health_and_a_killed_one_ends_the_server(tiny_checkpoint_dir, tmp_path, sample_images,
-                                                                       reference):
+def test_two_encoders_serve_a_hung_rank_fails_health_and_a_killed_one_ends_the_server(
+        tiny_checkpoint_dir, tmp_path, sample_images, reference):
     s = Server(tiny_checkpoint_dir, tmp_path, 2)
     try:
         client = openai.OpenAI(base_url=s.base + "/v1", api_key="none", max_retries=0)
