@@ -41,9 +41,13 @@ def _no_stray_processes():
         warnings.warn(f"killed {len(strays)} process(es) left running: {names}")
 
 
+MULTIPROCESSING_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")  # live all session
+
+
 def _stray(p: psutil.Process) -> bool:
     try:
-        return p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())
+        cmdline = " ".join(p.cmdline())
+        return p.status() != psutil.STATUS_ZOMBIE and not any(h in cmdline for h in MULTIPROCESSING_HELPERS)
     except psutil.Error:
         return False
 
