@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import sys
+import threading
 import warnings
 
 import psutil
@@ -73,3 +75,26 @@ def sample_images(tmp_path_factory):
     from hf_qwen3_deepstack.tiny_checkpoint.build import write_sample_images
 
     return write_sample_images(tmp_path_factory.mktemp("sample-images"))
+
+
+@pytest.fixture(scope="session")
+def media_host(sample_images):
+    """An HTTP server with the sample images, and a TCP port that accepts and never answers."""
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    files = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(sample_images[0].parent)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(silent.accept()[0]) for _ in range(8)], daemon=True).start()
+    yield f"http://127.0.0.1:{files.server_address[1]}", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    files.shutdown()
+    for c in held:
+        c.close()
+    silent.close()

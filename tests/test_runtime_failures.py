@@ -138,3 +138,26 @@ def test_ctrl_c_stops_every_rank(tiny_checkpoint_dir, sample_images, tmp_path):
     except ProcessLookupError:
         survivors = False
     assert not survivors
+
+
+def test_http_images_of_a_requests_file_are_fetched_within_the_timeout(tiny_checkpoint_dir, sample_images,
+                                                                        media_host, tmp_path):
+    """An image by URL gives the tokens of the same image by path; a host that never answers fails
+    only its own request, after --media-fetch-timeout, naming the URL's place."""
+    files, silent = media_host
+    square = sample_images[0]
+    text = {"type": "text", "text": "Describe it."}
+    rows = [{"id": "by-path", "messages": _msg({"type": "image", "image": str(square)}, text), "max_new_tokens": 5},
+            {"id": "silent", "messages": _msg(text, {"type": "image", "image": f"{silent}/never.png"})},
+            {"id": "by-url", "messages": _msg({"type": "image", "image": f"{files}/{square.name}"}, text),
+             "max_new_tokens": 5}]
+    req_file, out_file = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    write_jsonl(req_file, rows)
+    t0 = time.monotonic()
+    proc = run_runtime("run", 1, 1, tiny_checkpoint_dir, req_file, out_file, "--media-fetch-timeout", "2")
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    by_id = {r["id"]: r for r in read_jsonl(out_file)}
+    assert by_id["by-url"]["token_ids"] == by_id["by-path"]["token_ids"] != []
+    error = by_id["silent"]["error"]
+    assert "could not be fetched within 2 s" in error and "messages[0].content[1].image" in error, error
+    assert time.monotonic() - t0 < 120

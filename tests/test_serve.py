@@ -210,29 +210,6 @@ def test_bad_input_is_a_400_and_the_server_keeps_serving(server, sample_images, 
     assert len(ok.choices[0].model_extra["token_ids"]) >= 1
 
 
-@pytest.fixture(scope="module")
-def media_host(sample_images):
-    """An HTTP server with the sample images, and a TCP port that accepts and never answers."""
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    files = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(sample_images[0].parent)))
-    threading.Thread(target=files.serve_forever, daemon=True).start()
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    held: list[socket.socket] = []
-    threading.Thread(target=lambda: [held.append(silent.accept()[0]) for _ in range(8)], daemon=True).start()
-    yield f"http://127.0.0.1:{files.server_address[1]}", f"http://127.0.0.1:{silent.getsockname()[1]}"
-    files.shutdown()
-    for c in held:
-        c.close()
-    silent.close()
-
-
 def test_http_images_are_fetched_by_the_server_and_a_silent_host_delays_only_its_own_request(
         server, sample_images, media_host, reference):
     files, silent = media_host

@@ -6,6 +6,7 @@ without waiting for it to be received."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -19,6 +20,7 @@ from .channel import Outbox
 from .encoder_batching import VisionCache, encode_batch, patch_count
 from .models import load_encoder, max_positions, warm_up_encoder
 from .prompt_batching import build_prompts
+from .remote_media import MediaError, has_remote_media, inline_remote_media
 from .requests import check_local_files
 
 
@@ -174,8 +176,10 @@ def _prepare(ctx, group: list[dict[str, Any]], processor, max_pos: int | None) -
     for msg in group:
         try:
             check_local_files(msg["messages"])
+            if has_remote_media(msg["messages"]):  # a requests file's URLs (the server inlines its own)
+                asyncio.run(inline_remote_media(msg["messages"], ctx.options.media_fetch_timeout))
             todo.append(msg)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, MediaError) as e:
             out.append(_failed(ctx, msg, str(e), started))
     for msg, inputs in zip(todo, build_prompts(processor, [m["messages"] for m in todo])):
         if isinstance(inputs, Exception):

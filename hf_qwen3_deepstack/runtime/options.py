@@ -36,6 +36,9 @@ class RuntimeOptions:
     encoder_slots: int = option(32, "requests the leader hands an encoder rank ahead (queued or being encoded)")
     capacity_tokens: int = option(8192, "receive buffer of a language rank per encoder, in tokens (longer requests "
                                       "arrive in chunks of this size)")
+    media_fetch_timeout: float = option(10.0, "seconds to fetch all http(s) images of one request (the server "
+                                              "fetches them before dispatch, an encoder before preparing the "
+                                              "prompt); a request over it fails alone")
     timeout: float = option(120.0, "seconds a rank may go without a heartbeat (hung or dead) before the job stops, "
                                  "naming it; also bounds each transfer wait")
     threads: int = option(0, "torch threads per rank (0: on CPU, the cores available divided by the ranks on this "
@@ -60,8 +63,10 @@ class RuntimeOptions:
                      "encoder_batch_patches", "encoder_batch_requests", "encoder_slots", "capacity_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.timeout <= 0 or self.threads < 0 or self.serial_gap_ms < 0 or self.encoder_cache_mb < 0:
-            raise ValueError("--timeout must be > 0; --threads, --serial-gap-ms and --encoder-cache-mb >= 0")
+        if self.timeout <= 0 or self.media_fetch_timeout <= 0:
+            raise ValueError("--timeout and --media-fetch-timeout must be > 0")
+        if self.threads < 0 or self.serial_gap_ms < 0 or self.encoder_cache_mb < 0:
+            raise ValueError("--threads, --serial-gap-ms and --encoder-cache-mb must be >= 0")
 
     def argv(self) -> list[str]:
         """Flags for `python -m hf_qwen3_deepstack.launch` reproducing these options."""

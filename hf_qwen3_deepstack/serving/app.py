@@ -21,10 +21,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette.sse import EventSourceResponse
 
+from hf_qwen3_deepstack.runtime.remote_media import MediaError, inline_remote_media
+
 from .gateway import Gateway, Pending
 from .metrics import Metrics
 from .openai_schema import BadRequest, MediaPolicy, parse_chat_request
-from .remote_media import inline_remote_media
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,12 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
             return error(400, f"the body is not valid JSON: {e}")
         try:
             chat = parse_chat_request(body, settings.media, settings.default_max_tokens)
-            await inline_remote_media(chat.messages, settings.media_fetch_timeout_s, settings.max_body_bytes)
+            await inline_remote_media(chat.messages, settings.media_fetch_timeout_s, settings.max_body_bytes,
+                                      image_field="image_url.url")
         except BadRequest as e:
             return error(400, str(e), param=e.param)
+        except MediaError as e:
+            return error(400, str(e), param=e.where)
         if not gateway.accepting:
             return error(503, "the server is shutting down", "server_error")
         pending = gateway.submit(chat)

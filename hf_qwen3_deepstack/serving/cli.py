@@ -21,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
 
     import importlib.util
 
-    missing = [m for m in ("fastapi", "uvicorn", "sse_starlette", "prometheus_client", "httpx", "psutil") if not importlib.util.find_spec(m)]
+    missing = [m for m in ("fastapi", "uvicorn", "sse_starlette", "prometheus_client", "psutil") if not importlib.util.find_spec(m)]
     if missing:
         raise SystemExit(f"serve needs the 'serve' extra ({', '.join(missing)} missing): "
                          f"pip install 'hf-qwen3-deepstack[serve]'")

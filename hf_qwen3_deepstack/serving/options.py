@@ -18,12 +18,10 @@ class ServeOptions:
                                                       "this folder; without it they are refused")
     max_body_mb: float = option(64.0, "largest request body, in MiB")
     max_media_items: int = option(32, "most images plus video frames in one request")
-    media_fetch_timeout: float = option(10.0, "seconds the server waits for all http(s) images of one request "
-                                              "(fetched before dispatch, each at most --max-body-mb)")
 
     def check(self) -> None:
         """ValueError naming the first option out of range."""
-        for name in ("max_body_mb", "max_media_items", "media_fetch_timeout"):
+        for name in ("max_body_mb", "max_media_items"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:

@@ -44,7 +44,7 @@ class HttpSink:
             model_name=serve.served_model_name or (opts.lm_model or opts.model or "hf-qwen3-deepstack"),
             api_key=serve.api_key, max_body_bytes=int(serve.max_body_mb * (1 << 20)),
             media=media_policy(serve.allowed_local_media_path, serve.max_media_items),
-            default_max_tokens=opts.max_new_tokens, media_fetch_timeout_s=serve.media_fetch_timeout,
+            default_max_tokens=opts.max_new_tokens, media_fetch_timeout_s=opts.media_fetch_timeout,
             health_within_s=max(10.0, opts.timeout),
         )
         heartbeat, roles = self.ctx.heartbeat, self.ctx.roles
