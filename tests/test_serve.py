@@ -120,7 +120,7 @@ def reference(tiny_checkpoint_dir):
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint_dir, tmp_path_factory):
     s = Server(tiny_checkpoint_dir, tmp_path_factory.mktemp("serve"), 1, "--api-key", KEY, "--max-media-items", "3",
-               "--max-body-mb", "1", "--media-fetch-timeout", "3")
+               "--max-body-mb", "1", "--media-fetch-timeout", "5")
     yield s
     s.stop()
 
@@ -238,7 +238,7 @@ def test_http_images_are_fetched_by_the_server_and_a_silent_host_delays_only_its
     response = stalled["response"]
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "messages[0].content[0].image_url.url"
-    assert "within 3 s" in response.json()["error"]["message"] and stalled["seconds"] < 10
+    assert "within 5 s" in response.json()["error"]["message"] and stalled["seconds"] < 15
     missing = httpx.post(server.base + "/v1/chat/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
                          json={"model": "any", "messages": [{"role": "user", "content": [
                              {"type": "image_url", "image_url": {"url": f"{files}/no-such.png"}}]}]})
