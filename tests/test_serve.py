@@ -201,11 +201,13 @@ def test_bad_input_is_a_400_and_the_server_keeps_serving(server, sample_images, 
     elif case == "unknown-role":
         body["messages"] = [{"role": "robot", "content": "hi"}]
     data = b"{not json" if case == "malformed-json" else json.dumps(body).encode()
+    rejected = server.metric("requests_total", '{outcome="rejected"}')
     r = httpx.post(server.base + "/v1/chat/completions", content=data, timeout=60,
                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert r.status_code == 400, (r.status_code, r.text)
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"]
+    assert server.metric("requests_total", '{outcome="rejected"}') == rejected + 1
     ok = server.client().chat.completions.create(model="any", messages=good, max_tokens=2)
     assert len(ok.choices[0].model_extra["token_ids"]) >= 1
 

@@ -75,26 +75,31 @@ def build_app(gateway: Gateway, metrics: Metrics, settings: ApiSettings, tokeniz
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
                                             "owned_by": "hf-qwen3-deepstack"}]}
 
+    def rejected(message: str, param: str | None = None) -> JSONResponse:
+        """A 400 for the request as sent, counted as `requests_total{outcome="rejected"}`."""
+        metrics.requests.labels("rejected").inc()
+        return error(400, message, param=param)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return error(400, f"request body of {declared} bytes is over the limit of {settings.max_body_bytes}")
+            return rejected(f"request body of {declared} bytes is over the limit of {settings.max_body_bytes}")
         raw = await request.body()
         if len(raw) > settings.max_body_bytes:
-            return error(400, f"request body of {len(raw)} bytes is over the limit of {settings.max_body_bytes}")
+            return rejected(f"request body of {len(raw)} bytes is over the limit of {settings.max_body_bytes}")
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return error(400, f"the body is not valid JSON: {e}")
+            return rejected(f"the body is not valid JSON: {e}")
         try:
             chat = parse_chat_request(body, settings.media, settings.default_max_tokens)
             await inline_remote_media(chat.messages, settings.media_fetch_timeout_s, settings.max_body_bytes,
                                       image_field="image_url.url")
         except BadRequest as e:
-            return error(400, str(e), param=e.param)
+            return rejected(str(e), e.param)
         except MediaError as e:
-            return error(400, str(e), param=e.where)
+            return rejected(str(e), e.where)
         if not gateway.accepting:
             return error(503, "the server is shutting down", "server_error")
         pending = gateway.submit(chat)

@@ -12,7 +12,8 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.received = Counter(PREFIX + "requests_received", "requests accepted for generation", registry=r)
-        self.requests = Counter(PREFIX + "requests", "finished requests by outcome", ["outcome"], registry=r)
+        self.requests = Counter(PREFIX + "requests", "requests answered, by outcome: ok, rejected (400), error, cancelled",
+                                ["outcome"], registry=r)
         self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.generated_tokens = Counter(PREFIX + "generation_tokens", "tokens generated", registry=r)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "arrival to first token",
@@ -34,8 +35,9 @@ class Metrics:
                              ["result"], registry=r)
 
     def on_result(self, result: dict) -> None:
-        if "error" in result:
-            self.requests.labels("cancelled" if result.get("cancelled") else "error").inc()
+        if "error" in result:  # rejected: the request itself was bad (400); error: the server failed it
+            outcome = "cancelled" if result.get("cancelled") else "rejected" if result.get("status") == 400 else "error"
+            self.requests.labels(outcome).inc()
             return
         self.requests.labels("ok").inc()
         self.prompt_tokens.inc(result["prompt_tokens"])
