@@ -1,6 +1,7 @@
 """The two-group runtime serves dense Qwen3-VL with no flag (the family comes from the checkpoint's
 model_type): `hf-qwen3-deepstack run` with 1E+1L (untied head) and 2E+1L (tied head), and from the two
-repos made by `split`, gives the greedy tokens of transformers' Qwen3VLForConditionalGeneration.
+repos made by `split`, gives the greedy tokens of transformers' Qwen3VLForConditionalGeneration, and
+so does `serve` (streamed or not) for local images and videos under --allowed-local-media-path.
 Running from split repos never asks to trust remote code: the runtime uses its own classes."""
 
 from __future__ import annotations
@@ -92,3 +93,38 @@ def test_run_from_split_repos_gives_qwen3_vl_tokens_without_a_prompt(dense_setup
     proc = run_cli(["--encoder-model", str(enc_repo), "--lm-model", str(lm_repo), "--requests", str(requests),
                     "--output", str(output)])
     check_results(proc, output, expected)
+
+
+def _openai_parts(content: list[dict]) -> list[dict]:
+    """A request file's content parts as an OpenAI chat request's (local paths, video as frame lists)."""
+    return [{"type": "image_url", "image_url": {"url": p["image"]}} if p["type"] == "image" else p for p in content]
+
+
+def test_serve_gives_qwen3_vl_tokens_for_local_media_under_the_allowed_path(dense_setup, sample_images, tmp_path):
+    import httpx
+    from test_serve import KEY, Server
+
+    requests, setups = dense_setup
+    ckpt, expected = setups["tied"]
+    rows = [json.loads(line) for line in requests.read_text().splitlines()]
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(sample_images[0].read_bytes())
+    server = Server(ckpt, tmp_path, 1, "--api-key", KEY, "--allowed-local-media-path", str(sample_images[0].parent))
+    try:
+        client = server.client()
+        for n, row in enumerate(rows):
+            messages = [{"role": "user", "content": _openai_parts(row["messages"][0]["content"])}]
+            if n % 2:  # every other one streamed
+                tokens = [t for chunk in client.chat.completions.create(
+                    model="any", messages=messages, max_tokens=row["max_new_tokens"], stream=True)
+                    for choice in chunk.choices for t in (choice.model_extra or {}).get("token_ids") or []]
+            else:
+                reply = client.chat.completions.create(model="any", messages=messages, max_tokens=row["max_new_tokens"])
+                tokens = reply.choices[0].model_extra["token_ids"]
+            assert tokens == expected[row["id"]][0], row["id"]
+        refused = httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                             timeout=60, json={"model": "any", "messages": [{"role": "user", "content": [
+                                 {"type": "image_url", "image_url": {"url": str(outside)}}]}]})
+        assert refused.status_code == 400 and "outside the allowed local media path" in refused.text
+    finally:
+        server.stop()
