@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -86,11 +87,8 @@ def launch(args: RuntimeOptions, *, quiet_agent: bool = True, serve=None) -> int
     cmd_args = ["-u", "-c", _BOOTSTRAP, *mode, *args.argv()]
     drain = DrainOnSignal(leader_rank=args.encoders) if serve is not None else None
     try:
-        if drain is None:
+        with drain or contextlib.nullcontext():
             elastic_launch(config, sys.executable)(*cmd_args)
-        else:
-            with drain:
-                elastic_launch(config, sys.executable)(*cmd_args)
     except ChildFailedError as e:
         if any(f.exitcode == EXIT_REQUESTS_FAILED for f in e.failures.values()):  # the leader's verdict, after every line was written
             print(f"{PREFIX} some requests failed: see their error lines (exit status {EXIT_REQUESTS_FAILED})",
