@@ -176,11 +176,12 @@ def _prepare(ctx, group: list[dict[str, Any]], processor, max_pos: int | None) -
     for msg in group:
         try:
             check_local_files(msg["messages"])
-            if has_remote_media(msg["messages"]):  # a requests file's URLs (the server inlines its own)
-                asyncio.run(inline_remote_media(msg["messages"], ctx.options.media_fetch_timeout))
             todo.append(msg)
-        except (FileNotFoundError, MediaError) as e:
+        except FileNotFoundError as e:
             out.append(_failed(ctx, msg, str(e), started))
+    unfetched = _fetch_remote_media(todo, ctx.options.media_fetch_timeout)
+    out += [_failed(ctx, msg, unfetched[i], started) for i, msg in enumerate(todo) if i in unfetched]
+    todo = [msg for i, msg in enumerate(todo) if i not in unfetched]
     for msg, inputs in zip(todo, build_prompts(processor, [m["messages"] for m in todo])):
         if isinstance(inputs, Exception):
             out.append(_failed(ctx, msg, f"could not build the prompt: {type(inputs).__name__}: {inputs}", started))
@@ -195,6 +196,21 @@ def _prepare(ctx, group: list[dict[str, Any]], processor, max_pos: int | None) -
         except Exception as e:  # noqa: BLE001 - this request fails, the encoder goes on
             out.append(_failed(ctx, msg, f"{type(e).__name__}: {e}", started))
     return out
+
+
+def _fetch_remote_media(group: list[dict[str, Any]], timeout_s: float) -> dict[int, str]:
+    """Inline the http(s) images of a requests file's requests (the server inlines its own), all of the
+    group's at once, each request within `timeout_s`; position in `group` -> error of those that failed."""
+    remote = [i for i, msg in enumerate(group) if has_remote_media(msg["messages"])]
+    if not remote:
+        return {}
+
+    async def fetch_all() -> list:
+        return await asyncio.gather(*(inline_remote_media(group[i]["messages"], timeout_s) for i in remote),
+                                    return_exceptions=True)
+
+    return {i: str(e) if isinstance(e, MediaError) else f"{type(e).__name__}: {e}"
+            for i, e in zip(remote, asyncio.run(fetch_all())) if e is not None}
 
 
 def _failed(ctx, msg: dict[str, Any], error: str, started: float) -> Prepared:
