@@ -121,3 +121,22 @@ def corrupt_tensor_data(file: Path) -> None:
     start = 8 + header_len
     raw[start:] = b"\xff" * (len(raw) - start)
     file.write_bytes(bytes(raw))
+
+
+# The multimodal inputs every parity test checks the split against transformers with (fresh tensors per call).
+PARITY_CASES = {
+    "one_image": lambda: prompt(images=[(1, 4, 6)]),
+    "two_images_of_different_sizes": lambda: prompt(images=[(1, 4, 4), (1, 6, 8)], seed=1),
+    "video_with_three_temporal_groups": lambda: prompt(videos=[(3, 4, 4)], seed=2),
+    "image_and_video": lambda: prompt(images=[(1, 6, 4)], videos=[(2, 4, 6)], seed=3),
+    "text_only": lambda: prompt(text_len=9, seed=4),
+    "left_padded_batch_of_two": lambda: left_padded_batch(
+        prompt(images=[(1, 4, 4)], text_len=3, seed=5), prompt(images=[(1, 6, 6)], videos=[(2, 4, 4)], seed=6)
+    ),
+}
+
+
+def real_positions(inputs: dict) -> torch.Tensor:
+    """(B, S) bool: the positions that are not left padding."""
+    mask = inputs.get("attention_mask")
+    return torch.ones_like(inputs["input_ids"], dtype=torch.bool) if mask is None else mask.bool()

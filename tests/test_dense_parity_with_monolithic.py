@@ -4,7 +4,8 @@ Qwen3ForCausalLM): fp32 logits within 1e-5 and identical greedy tokens, tied and
 
 import pytest
 import torch
-from _checkpoints import left_padded_batch, prompt, reshard_by_half, text_checkpoint, vl_checkpoint, with_token_types
+from _checkpoints import (PARITY_CASES, real_positions, reshard_by_half, text_checkpoint, vl_checkpoint,
+                          with_token_types)
 from transformers import Qwen3ForCausalLM, Qwen3VLForConditionalGeneration
 
 from hf_qwen3_deepstack import Qwen3ForCausalLMWithDeepStack, Qwen3VLEncoderOnly
@@ -13,16 +14,7 @@ from hf_qwen3_deepstack.tiny_checkpoint.special_tokens import PAD_TOKEN_ID
 NEW_TOKENS = 8
 HEADS = ["untied", "tied"]
 
-CASES = {
-    "one_image": lambda: prompt(images=[(1, 4, 6)]),
-    "two_images_of_different_sizes": lambda: prompt(images=[(1, 4, 4), (1, 6, 8)], seed=1),
-    "video_with_three_temporal_groups": lambda: prompt(videos=[(3, 4, 4)], seed=2),
-    "image_and_video": lambda: prompt(images=[(1, 6, 4)], videos=[(2, 4, 6)], seed=3),
-    "text_only": lambda: prompt(text_len=9, seed=4),
-    "left_padded_batch_of_two": lambda: left_padded_batch(
-        prompt(images=[(1, 4, 4)], text_len=3, seed=5), prompt(images=[(1, 6, 6)], videos=[(2, 4, 4)], seed=6)
-    ),
-}
+CASES = PARITY_CASES
 
 
 def dense_checkpoint(root, head: str):
@@ -41,11 +33,6 @@ def models(tmp_path_factory):
             Qwen3ForCausalLMWithDeepStack.from_pretrained(path).eval(),
         )
     return loaded
-
-
-def real_positions(inputs):
-    mask = inputs.get("attention_mask")
-    return torch.ones_like(inputs["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
 @pytest.mark.parametrize("head", HEADS)

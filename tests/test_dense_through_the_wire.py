@@ -3,23 +3,14 @@ greedy tokens identical to transformers' Qwen3VLForConditionalGeneration, tied a
 
 import pytest
 import torch
-from _checkpoints import left_padded_batch, prompt, vl_checkpoint, with_token_types
+from _checkpoints import PARITY_CASES, vl_checkpoint, with_token_types
 from _dist import run_ranks
 
 NEW_TOKENS = 8
 CAPACITY = 8  # small: every request crosses in several chunks
 HEADS = ["untied", "tied"]
 
-CASES = {
-    "one_image": lambda: prompt(images=[(1, 4, 6)]),
-    "two_images": lambda: prompt(images=[(1, 4, 4), (1, 6, 8)], seed=1),
-    "video": lambda: prompt(videos=[(3, 4, 4)], seed=2),
-    "image_and_video": lambda: prompt(images=[(1, 6, 4)], videos=[(2, 4, 6)], seed=3),
-    "text_only": lambda: prompt(text_len=9, seed=4),
-    "left_padded_batch_of_two": lambda: left_padded_batch(
-        prompt(images=[(1, 4, 4)], text_len=3, seed=5), prompt(images=[(1, 6, 6)], videos=[(2, 4, 4)], seed=6)
-    ),
-}
+CASES = PARITY_CASES
 GEN = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
 

@@ -3,23 +3,14 @@ Qwen3VLMoeForConditionalGeneration: logits within 1e-5 at real tokens and identi
 
 import pytest
 import torch
-from _checkpoints import left_padded_batch, prompt, vl_checkpoint, with_token_types
+from _checkpoints import PARITY_CASES, real_positions, vl_checkpoint, with_token_types
 from transformers import Qwen3VLMoeForConditionalGeneration
 
 from hf_qwen3_deepstack import Qwen3MoeForCausalLMWithDeepStack, Qwen3VLMoeEncoderOnly
 
 NEW_TOKENS = 10
 
-CASES = {
-    "one_image": lambda: prompt(images=[(1, 4, 6)]),
-    "two_images_of_different_sizes": lambda: prompt(images=[(1, 4, 4), (1, 6, 8)], seed=1),
-    "video_with_three_temporal_groups": lambda: prompt(videos=[(3, 4, 4)], seed=2),
-    "image_and_video": lambda: prompt(images=[(1, 6, 4)], videos=[(2, 4, 6)], seed=3),
-    "text_only": lambda: prompt(text_len=9, seed=4),
-    "left_padded_batch_of_two": lambda: left_padded_batch(
-        prompt(images=[(1, 4, 4)], text_len=3, seed=5), prompt(images=[(1, 6, 6)], videos=[(2, 4, 4)], seed=6)
-    ),
-}
+CASES = PARITY_CASES
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +20,6 @@ def models(tmp_path_factory):
     enc = Qwen3VLMoeEncoderOnly.from_pretrained(path).eval()
     lm = Qwen3MoeForCausalLMWithDeepStack.from_pretrained(path).eval()
     return ref, enc, lm
-
-
-def real_positions(inputs):
-    mask = inputs.get("attention_mask")
-    return torch.ones_like(inputs["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
 
 
 @pytest.mark.parametrize("case", list(CASES))
